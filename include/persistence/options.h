@@ -1,0 +1,41 @@
+// Settings of a PersistenceManager. Unset fields fall back to environment
+// variables and then to defaults, resolved once in ManagerOptions::resolved().
+#pragma once
+
+#include <mpi.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace persistence {
+
+struct ManagerOptions {
+  // Communicator of every collective call; the manager works on its own duplicate.
+  MPI_Comm comm = MPI_COMM_WORLD;
+
+  // Task id recorded in the task registry. Empty: PERSISTENCE_TASK_ID, else a
+  // generated 16-hex-digit id that is logged at start.
+  std::string task_id;
+
+  // Directory of the task registry. Empty: PERSISTENCE_REGISTRY, else
+  // $XDG_CACHE_HOME/persistence/tasks or ~/.cache/persistence/tasks.
+  std::string registry_dir;
+
+  // Verify every dataset's checksum on load.
+  bool verify_checksums = true;
+
+  // Largest byte count one rank moves in one HDF5 read or write call; larger
+  // transfers are split (MPI-IO counts are 32-bit ints on this stack).
+  std::size_t max_bytes_per_call = std::size_t{1} << 30;
+
+  // Datasets of at least alignment_threshold bytes start at a multiple of
+  // alignment bytes (match the file-system block or stripe size).
+  std::size_t alignment = std::size_t{1} << 20;
+  std::size_t alignment_threshold = std::size_t{1} << 20;
+
+  // Returns a copy with every unset field filled from the environment and defaults.
+  ManagerOptions resolved() const;
+};
+
+}  // namespace persistence

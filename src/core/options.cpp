@@ -1,0 +1,37 @@
+#include <persistence/options.h>
+
+#include <cstdlib>
+#include <string>
+
+namespace persistence {
+namespace {
+
+std::string environment(const char* name) {
+  const char* value = std::getenv(name);
+  return value == nullptr ? std::string() : std::string(value);
+}
+
+std::string default_registry_dir() {
+  std::string cache = environment("XDG_CACHE_HOME");
+  if (cache.empty()) {
+    std::string home = environment("HOME");
+    cache = (home.empty() ? std::string("/tmp") : home) + "/.cache";
+  }
+  return cache + "/persistence/tasks";
+}
+
+}  // namespace
+
+// The one place where the library reads its environment variables:
+// PERSISTENCE_TASK_ID, PERSISTENCE_REGISTRY, XDG_CACHE_HOME and HOME.
+ManagerOptions ManagerOptions::resolved() const {
+  ManagerOptions result = *this;
+  if (result.task_id.empty()) result.task_id = environment("PERSISTENCE_TASK_ID");
+  if (result.registry_dir.empty()) result.registry_dir = environment("PERSISTENCE_REGISTRY");
+  if (result.registry_dir.empty()) result.registry_dir = default_registry_dir();
+  if (result.max_bytes_per_call == 0) result.max_bytes_per_call = std::size_t{1} << 30;
+  if (result.alignment == 0) result.alignment = 1;
+  return result;
+}
+
+}  // namespace persistence

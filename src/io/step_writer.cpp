@@ -1,0 +1,330 @@
+#include "io/step_writer.h"
+
+#include "core/logging.h"
+#include "format/checksum.h"
+#include "format/dtype.h"
+#include "format/keys.h"
+#include "format/layout.h"
+#include "io/hdf5_file.h"
+#include "io/step_files.h"
+
+#include <persistence/errors.h>
+#include <persistence/version.h>
+
+#include <H5FDmpio.h>
+
+#include <chrono>
+#include <ctime>
+#include <filesystem>
+#include <random>
+#include <set>
+
+namespace persistence::detail {
+namespace {
+
+TransferModeCounts g_transfer_modes;
+
+std::string iso8601_now() {
+  std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char text[32];
+  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return text;
+}
+
+// HDF5 path of a key below the states group: optimizer keys
+// "<parameter>/<state>" become a group per parameter.
+std::vector<std::string> link_path(const std::string& group, const std::string& key) {
+  if (group == layout::kOptimizers) {
+    size_t slash = key.rfind('/');
+    if (slash != std::string::npos && slash > 0 && slash + 1 < key.size()) {
+      return {escape_key(key.substr(0, slash)), escape_key(key.substr(slash + 1))};
+    }
+  }
+  return {escape_key(key)};
+}
+
+const char* data_pointer(const at::Tensor& tensor, int64_t element_offset) {
+  return static_cast<const char*>(tensor.data_ptr()) + element_offset * static_cast<int64_t>(tensor.element_size());
+}
+
+// This rank's share of each key's checksum sum: the bytes of the pieces it writes.
+std::vector<uint64_t> partial_checksums(const Plan& plan, const SaveJob& job, int rank) {
+  std::vector<uint64_t> sums(plan.keys.size(), 0);
+  for (size_t k = 0; k < plan.keys.size(); ++k) {
+    const PlannedKey& planned = plan.keys[k];
+    auto element_size = static_cast<int64_t>(c10::elementSize(planned.dtype));
+    std::vector<std::pair<Region, const at::Tensor*>> regions;
+    if (planned.sharded) {
+      for (size_t p = 0; p < job.views[k].regions.size(); ++p) regions.emplace_back(job.views[k].regions[p], &job.pieces[k][p]);
+    } else {
+      regions.emplace_back(full_tensor_share(plan, k, rank), &job.pieces[k][0]);
+    }
+    for (const auto& [region, tensor] : regions) {
+      // A full tensor's data starts at element 0; a piece's data starts at its own first element.
+      int64_t cursor = planned.sharded ? 0 : std::get<FlatRange>(region).begin;
+      for_each_run(planned.shape, region, [&](int64_t flat_begin, int64_t count) {
+        sums[k] += checksum_piece(data_pointer(*tensor, cursor), static_cast<uint64_t>(flat_begin * element_size),
+                                  static_cast<uint64_t>(count * element_size));
+        cursor += count;
+      });
+    }
+  }
+  return sums;
+}
+
+h5::Handle file_selection(hid_t dataset, const Transfer* transfer, const std::string& subject) {
+  h5::Handle space = h5::space_handle(h5::check_id(H5Dget_space(dataset), "H5Dget_space", subject));
+  if (transfer == nullptr) {
+    h5::check_status(H5Sselect_none(space.get()), "H5Sselect_none", subject);
+    return space;
+  }
+  if (transfer->boxes.size() == 1 && transfer->boxes[0].offsets.empty()) {
+    h5::check_status(H5Sselect_all(space.get()), "H5Sselect_all", subject);  // 0-d dataset
+    return space;
+  }
+  bool first = true;
+  for (const Box& box : transfer->boxes) {
+    std::vector<hsize_t> start(box.offsets.begin(), box.offsets.end());
+    std::vector<hsize_t> count(box.sizes.begin(), box.sizes.end());
+    h5::check_status(H5Sselect_hyperslab(space.get(), first ? H5S_SELECT_SET : H5S_SELECT_OR, start.data(),
+                                         nullptr, count.data(), nullptr),
+                     "H5Sselect_hyperslab", subject);
+    first = false;
+  }
+  return space;
+}
+
+h5::Handle memory_selection(const Transfer* transfer, bool scalar, const std::string& subject) {
+  if (scalar) {
+    h5::Handle space = h5::space_handle(h5::check_id(H5Screate(H5S_SCALAR), "H5Screate", subject));
+    if (transfer == nullptr) h5::check_status(H5Sselect_none(space.get()), "H5Sselect_none", subject);
+    return space;
+  }
+  hsize_t count = transfer == nullptr ? 1 : static_cast<hsize_t>(transfer->count);
+  h5::Handle space = h5::space_handle(h5::check_id(H5Screate_simple(1, &count, nullptr), "H5Screate_simple", subject));
+  if (transfer == nullptr) h5::check_status(H5Sselect_none(space.get()), "H5Sselect_none", subject);
+  return space;
+}
+
+void count_transfer_mode(hid_t dxpl) {
+  H5D_mpio_actual_io_mode_t mode = H5D_MPIO_NO_COLLECTIVE;
+  if (H5Pget_mpio_actual_io_mode(dxpl, &mode) < 0) return;
+  if (mode == H5D_MPIO_NO_COLLECTIVE) {
+    ++g_transfer_modes.independent;
+  } else {
+    ++g_transfer_modes.collective;
+  }
+}
+
+class StepWriter {
+ public:
+  StepWriter(const Communicator& comm, const std::string& root, const SaveJob& job, const WriterSettings& settings)
+      : comm_(comm), root_(root), job_(job), settings_(settings) {
+    final_path_ = root_ + "/" + step_file_name(job_.step);
+  }
+
+  void run() {
+    plan_ = exchange_plan(comm_, job_.views, PlanUse::kSave);
+    std::vector<uint64_t> sums = partial_checksums(plan_, job_, comm_.rank());
+    comm_.allreduce_sum(sums);
+    checksums_ = std::move(sums);
+
+    prepare_temporary();
+    try {
+      run_agreed(comm_, [&] { open_file(); });
+      run_agreed(comm_, [&] { create_objects(); });
+      run_agreed(comm_, [&] { write_data(); });
+      run_agreed(comm_, [&] { flush_and_close(); });
+      run_agreed(comm_, [&] { publish(); });
+    } catch (...) {
+      discard_temporary();
+      throw;
+    }
+  }
+
+ private:
+  ErrorContext context(const std::string& key = {}) const {
+    return ErrorContext{final_path_, key, job_.step, comm_.rank()};
+  }
+
+  // Rank 0 picks the temporary name and, when extending, copies the committed file there.
+  void prepare_temporary() {
+    std::string token;
+    if (comm_.rank() == 0) token = std::to_string(std::random_device{}()) + std::to_string(std::random_device{}());
+    token = comm_.broadcast(token);
+    temporary_path_ = temporary_step_path(root_, job_.step, token);
+    run_agreed(comm_, [&] {
+      if (comm_.rank() != 0) return;
+      if (job_.extend_existing) copy_file(final_path_, temporary_path_);
+    });
+  }
+
+  void open_file() {
+    FileSettings file_settings{settings_.alignment, settings_.alignment_threshold};
+    if (job_.extend_existing) {
+      file_ = open_parallel_file(temporary_path_, comm_, true);
+    } else {
+      file_ = create_parallel_file(temporary_path_, comm_, file_settings);
+    }
+    transfer_ = collective_transfer();
+  }
+
+  void create_objects() {
+    hid_t file = file_.get();
+    if (!job_.extend_existing) write_root();
+
+    h5::Handle kind = h5::open_group(file, job_.group, temporary_path_);
+    if (h5::link_exists(kind.get(), job_.name)) {
+      throw InvalidArgumentError("The step file already holds " + job_.group + " '" + job_.name + "'", context(),
+                                 "Save each name at most once per step");
+    }
+    h5::Handle entry = h5::create_group(kind.get(), job_.name, temporary_path_);
+    h5::write_text_dataset(entry.get(), job_.config_name, job_.config_text, transfer_.get(), comm_.rank() == 0,
+                           temporary_path_);
+    h5::Handle states = h5::create_group(entry.get(), layout::kStates, temporary_path_);
+
+    h5::Handle dcpl = tensor_dataset_creation();
+    std::set<std::string> parameter_groups;
+    datasets_.clear();
+    for (size_t k = 0; k < plan_.keys.size(); ++k) {
+      const PlannedKey& planned = plan_.keys[k];
+      std::vector<std::string> path = link_path(job_.group, planned.key);
+      hid_t parent = states.get();
+      h5::Handle parameter;
+      if (path.size() == 2) {
+        parameter = parameter_groups.insert(path[0]).second ? h5::create_group(states.get(), path[0], temporary_path_)
+                                                            : h5::open_group(states.get(), path[0], temporary_path_);
+        parent = parameter.get();
+      }
+      datasets_.push_back(create_dataset(parent, path.back(), k, dcpl.get()));
+    }
+  }
+
+  void write_root() {
+    hid_t file = file_.get();
+    h5::write_attribute(file, layout::kAttrFormat, std::string(layout::kFormatName));
+    h5::write_attribute(file, layout::kAttrFormatVersion,
+                        std::to_string(kFormatVersionMajor) + "." + std::to_string(kFormatVersionMinor));
+    h5::write_attribute(file, layout::kAttrStep, job_.step);
+    h5::write_attribute(file, layout::kAttrWorldSize, static_cast<int64_t>(comm_.size()));
+    h5::write_attribute(file, layout::kAttrCreated, iso8601_now());
+    h5::write_attribute(file, layout::kAttrLibraryVersion, std::string(kLibraryVersion));
+    h5::write_attribute(file, layout::kAttrTaskId, job_.task_id);
+    h5::write_attribute(file, layout::kAttrChecksumAlgorithm, std::string(layout::kChecksumAlgorithm));
+    h5::write_text_dataset(file, layout::kConfig, job_.training_config, transfer_.get(), comm_.rank() == 0,
+                           temporary_path_);
+    h5::create_group(file, layout::kModels, temporary_path_);
+    h5::create_group(file, layout::kOptimizers, temporary_path_);
+  }
+
+  h5::Handle create_dataset(hid_t parent, const std::string& link_name, size_t k, hid_t dcpl) {
+    const PlannedKey& planned = plan_.keys[k];
+    std::string subject = temporary_path_ + " dataset '" + planned.key + "'";
+    h5::Handle type = hdf5_type(planned.dtype);
+    h5::Handle space;
+    if (planned.shape.empty()) {
+      space = h5::space_handle(h5::check_id(H5Screate(H5S_SCALAR), "H5Screate", subject));
+    } else {
+      std::vector<hsize_t> dims(planned.shape.begin(), planned.shape.end());
+      space = h5::space_handle(h5::check_id(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
+                                            "H5Screate_simple", subject));
+    }
+    h5::Handle dataset = h5::dataset_handle(h5::check_id(
+        H5Dcreate2(parent, link_name.c_str(), type.get(), space.get(), H5P_DEFAULT, dcpl, H5P_DEFAULT), "H5Dcreate2",
+        subject));
+
+    int64_t total_bytes = element_count(planned.shape) * static_cast<int64_t>(c10::elementSize(planned.dtype));
+    h5::write_attribute(dataset.get(), layout::kAttrKey, planned.key);
+    h5::write_attribute(dataset.get(), layout::kAttrTorchDtype, dtype_name(planned.dtype));
+    h5::write_attribute(dataset.get(), layout::kAttrChecksum,
+                        checksum_finish(checksums_[k], static_cast<uint64_t>(total_bytes)));
+    if (job_.source_dtypes[k] && *job_.source_dtypes[k] != planned.dtype) {
+      h5::write_attribute(dataset.get(), layout::kAttrSourceDtype, dtype_name(*job_.source_dtypes[k]));
+    }
+    return dataset;
+  }
+
+  // Every rank makes the same number of collective calls per key; ranks with
+  // fewer transfers join the extra rounds with an empty selection.
+  void write_data() {
+    for (size_t k = 0; k < plan_.keys.size(); ++k) {
+      const PlannedKey& planned = plan_.keys[k];
+      int64_t max_elements = std::max<int64_t>(
+          1, settings_.max_bytes_per_call / static_cast<int64_t>(c10::elementSize(planned.dtype)));
+      size_t rounds = 0;
+      std::vector<Transfer> mine;
+      for (int r = 0; r < comm_.size(); ++r) {
+        std::vector<Transfer> transfers = transfers_for(plan_, k, r, PlanUse::kSave, max_elements);
+        rounds = std::max(rounds, transfers.size());
+        if (r == comm_.rank()) mine = std::move(transfers);
+      }
+
+      std::string subject = temporary_path_ + " dataset '" + planned.key + "'";
+      h5::Handle type = hdf5_type(planned.dtype);
+      bool scalar = planned.shape.empty();
+      for (size_t round = 0; round < rounds; ++round) {
+        const Transfer* transfer = round < mine.size() ? &mine[round] : nullptr;
+        h5::Handle file_space = file_selection(datasets_[k].get(), transfer, subject);
+        h5::Handle memory_space = memory_selection(transfer, scalar, subject);
+        static const char empty = 0;
+        const void* buffer = &empty;
+        if (transfer != nullptr) buffer = data_pointer(job_.pieces[k][transfer->piece], transfer->data_offset);
+        h5::check_status(
+            H5Dwrite(datasets_[k].get(), type.get(), memory_space.get(), file_space.get(), transfer_.get(), buffer),
+            "H5Dwrite", subject);
+        count_transfer_mode(transfer_.get());
+      }
+    }
+  }
+
+  void flush_and_close() {
+    for (auto& dataset : datasets_) dataset.close(temporary_path_);
+    datasets_.clear();
+    // H5Fclose does not fsync; the global flush syncs every rank's writes.
+    h5::check_status(H5Fflush(file_.get(), H5F_SCOPE_GLOBAL), "H5Fflush", temporary_path_);
+    transfer_.reset();
+    file_.close(temporary_path_);
+  }
+
+  void publish() {
+    if (comm_.rank() != 0) return;
+    // Close may write metadata after the flush, so sync once more before the rename.
+    sync_path(temporary_path_);
+    rename_durably(temporary_path_, final_path_);
+  }
+
+  void discard_temporary() {
+    datasets_.clear();
+    transfer_.reset();
+    file_.reset();
+    if (comm_.rank() == 0 && !temporary_path_.empty()) {
+      std::error_code ignored;
+      std::filesystem::remove(temporary_path_, ignored);
+    }
+  }
+
+  const Communicator& comm_;
+  std::string root_;
+  const SaveJob& job_;
+  WriterSettings settings_;
+  std::string final_path_;
+  std::string temporary_path_;
+  Plan plan_;
+  std::vector<uint64_t> checksums_;
+  h5::Handle file_;
+  h5::Handle transfer_;
+  std::vector<h5::Handle> datasets_;
+};
+
+}  // namespace
+
+TransferModeCounts transfer_mode_counts() { return g_transfer_modes; }
+
+void write_step(const Communicator& comm, const std::string& root, const SaveJob& job,
+                const WriterSettings& settings) {
+  StepWriter(comm, root, job, settings).run();
+}
+
+}  // namespace persistence::detail

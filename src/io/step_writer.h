@@ -1,0 +1,56 @@
+// Writes one save (a model or an optimizer) into the file of its step.
+#pragma once
+
+#include "mpi/communicator.h"
+#include "shard/plan.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace persistence::detail {
+
+// Everything one rank contributes to one save. The tensors are contiguous CPU
+// tensors in the dtype to store; they must stay unchanged until the write ends.
+struct SaveJob {
+  int64_t step = 0;
+  std::string group;        // "models" or "optimizers"
+  std::string name;         // model or optimizer name
+  std::string config_name;  // "config" or "param_groups"
+  std::string config_text;  // YAML
+  std::string training_config;  // YAML of save_config; empty when none was saved
+  std::string task_id;
+
+  std::vector<KeyView> views;                     // sorted by key
+  std::vector<std::vector<at::Tensor>> pieces;    // per key: one per region, or the full tensor
+  std::vector<std::optional<c10::ScalarType>> source_dtypes;  // per key: dtype before conversion
+
+  // Add to the committed file of this step instead of starting a new one.
+  bool extend_existing = false;
+};
+
+struct WriterSettings {
+  int64_t max_bytes_per_call = int64_t{1} << 30;
+  std::size_t alignment = std::size_t{1} << 20;
+  std::size_t alignment_threshold = std::size_t{1} << 20;
+};
+
+// Counts of collective and independent data transfers, for tests that check
+// that writes stay collective.
+struct TransferModeCounts {
+  int64_t collective = 0;
+  int64_t independent = 0;
+};
+TransferModeCounts transfer_mode_counts();
+
+// Collective over comm. Plans, writes to a temporary file, flushes and syncs it,
+// and renames it to <root>/step_<step>.h5. On any failure every rank throws the
+// same error and the temporary file is removed; the committed file of the step,
+// if any, is untouched.
+void write_step(const Communicator& comm, const std::string& root, const SaveJob& job,
+                const WriterSettings& settings);
+
+}  // namespace persistence::detail
