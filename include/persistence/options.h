@@ -34,6 +34,11 @@ struct ManagerOptions {
   std::size_t alignment = std::size_t{1} << 20;
   std::size_t alignment_threshold = std::size_t{1} << 20;
 
+  // Cap on the host staging memory of asynchronous saves, in bytes; 0 means no
+  // cap. Each save name keeps one staging buffer; a save that would exceed the
+  // cap first waits for the background writes in flight.
+  std::size_t max_staging_bytes = 0;
+
   // Returns a copy with every unset field filled from the environment and defaults.
   ManagerOptions resolved() const;
 };

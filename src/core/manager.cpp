@@ -1,7 +1,9 @@
 #include <persistence/manager.h>
 
+#include "core/io_worker.h"
 #include "core/logging.h"
 #include "core/snapshot.h"
+#include "core/staging.h"
 #include "core/task_registry.h"
 #include "format/layout.h"
 #include "h5/handle.h"
@@ -14,6 +16,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
+#include <map>
 #include <set>
 
 namespace persistence {
@@ -90,6 +94,18 @@ class PersistenceManager::Impl {
       }
     }
     logger().info("Task {} saves to {} with {} ranks", task_id_, root_, comm_.size());
+
+    // Background writes need MPI_THREAD_MULTIPLE, because the trainer keeps
+    // calling MPI on its own thread while the I/O thread writes.
+    if (thread_level_ >= MPI_THREAD_MULTIPLE) {
+      io_comm_.emplace(Communicator::duplicate(comm_.get()));
+      worker_ = std::make_unique<detail::IoWorker>();
+    } else if (comm_.rank() == 0) {
+      logger().warn("MPI was initialised with thread level {} instead of MPI_THREAD_MULTIPLE ({}), so saves run "
+                    "synchronously. Call MPI_Init_thread with MPI_THREAD_MULTIPLE, or let the manager initialise MPI, "
+                    "to save in the background",
+                    thread_level_, MPI_THREAD_MULTIPLE);
+    }
   }
 
   void save_config(const YAML::Node& config) {
@@ -107,6 +123,7 @@ class PersistenceManager::Impl {
     require_open(what);
     run_agreed(comm_, [&] { check_name(job.name, what, job.step); });
     check_same_call(comm_, std::string(what) + "(step=" + std::to_string(job.step) + ", name='" + job.name + "')");
+    check_background_failure();
 
     std::string entry = job.group + "/" + job.name;
     run_agreed(comm_, [&] {
@@ -120,33 +137,45 @@ class PersistenceManager::Impl {
         throw InvalidArgumentError(std::string(what) + " '" + job.name + "' was already saved at this step", context,
                                    "Save each name at most once per step");
       }
-      detail::add_states(job, states, dtype);
     });
-    if (!blocking && !logged_synchronous_) {
-      logger().info("Asynchronous saves are not available yet; blocking=false saves synchronously");
-      logged_synchronous_ = true;
-    }
 
     if (open_step_ && job.step > *open_step_) seal();
     job.extend_existing = open_step_.has_value() && !saved_names_.empty();
     job.training_config = training_config_;
     job.task_id = task_id_;
 
-    auto started = std::chrono::steady_clock::now();
-    detail::WriterSettings settings{static_cast<int64_t>(options_.max_bytes_per_call), options_.alignment,
-                                    options_.alignment_threshold};
-    detail::write_step(comm_, root_, job, settings);
-    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    bool background = worker_ != nullptr && !blocking;
+    std::shared_ptr<detail::StagingArena> arena;
+    if (background) {
+      arena = reserve_staging(entry, detail::staging_bytes(states, dtype));
+      run_agreed(comm_, [&] {
+        detail::add_states(job, states, dtype, [&](const at::Tensor& source, c10::ScalarType stored) {
+          at::Tensor copy = arena->take(source.sizes(), stored);
+          copy.copy_(source.detach());
+          return copy;
+        });
+      });
+    } else {
+      run_agreed(comm_, [&] { detail::add_states(job, states, dtype, detail::reference_or_convert); });
+    }
 
     open_step_ = job.step;
     saved_names_.insert(entry);
-    logger().info("Saved {} '{}' at step {} in {:.3f} s", what == std::string("save_model") ? "model" : "optimizer",
-                  job.name, job.step, seconds);
+    std::string description = std::string(job.group == detail::layout::kModels ? "model" : "optimizer") + " '" +
+                              job.name + "'";
+    uint64_t sequence = submit(std::move(job), description);
+    if (background) {
+      arena_jobs_[entry] = sequence;
+      return;
+    }
+    if (worker_) worker_->drain();
+    check_background_failure();
   }
 
   std::optional<ResumeState> load_last_step(const StepRequirements& required) {
     require_open("load_last_step");
     check_same_call(comm_, "load_last_step()");
+    if (worker_) worker_->drain();
     std::vector<int64_t> steps;
     run_agreed(comm_, [&] {
       if (comm_.rank() == 0) steps = detail::list_steps(root_);
@@ -176,19 +205,25 @@ class PersistenceManager::Impl {
   void commit() {
     require_open("commit");
     check_same_call(comm_, "commit()");
+    check_background_failure();
     seal();
   }
 
   void wait() {
     require_open("wait");
     check_same_call(comm_, "wait()");
+    if (worker_) worker_->drain();
+    check_background_failure();
   }
 
   void close() {
     if (closed_) return;
-    wait();
-    commit();
-    closed_ = true;
+    closed_ = true;  // a failing close is not retried by the destructor
+    require_open_for_close();
+    if (worker_) worker_->drain();
+    worker_.reset();
+    check_background_failure();
+    seal();
   }
 
   bool closed() const { return closed_; }
@@ -202,6 +237,103 @@ class PersistenceManager::Impl {
                                  ErrorContext{root_, {}, std::nullopt, comm_.rank()},
                                  "Create a new PersistenceManager");
     }
+  }
+
+  void require_open_for_close() { check_same_call(comm_, "close()"); }
+
+  // Writes job on the I/O thread (or here, when saves are synchronous) and
+  // returns its sequence number.
+  uint64_t submit(detail::SaveJob job, const std::string& description) {
+    uint64_t sequence = ++submitted_;
+    detail::WriterSettings settings{static_cast<int64_t>(options_.max_bytes_per_call), options_.alignment,
+                                    options_.alignment_threshold};
+    auto shared_job = std::make_shared<detail::SaveJob>(std::move(job));
+    const Communicator& comm = io_comm_ ? *io_comm_ : comm_;
+    auto work = [shared_job, settings, description, &comm, root = root_] {
+      auto started = std::chrono::steady_clock::now();
+      detail::write_step(comm, root, *shared_job, settings);
+      double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      logger().info("Saved {} at step {} in {:.3f} s", description, shared_job->step, seconds);
+    };
+    if (!worker_) {
+      try {
+        work();
+      } catch (...) {
+        failure_ = std::make_pair(detail::JobLabel{sequence, shared_job->step, description}, std::current_exception());
+      }
+      return sequence;
+    }
+    worker_->submit(detail::JobLabel{sequence, shared_job->step, description}, std::move(work));
+    return sequence;
+  }
+
+  // Returns the staging arena of entry once its previous background write has
+  // finished, after waiting for the writes in flight if the cap requires it.
+  std::shared_ptr<detail::StagingArena> reserve_staging(const std::string& entry, std::size_t bytes) {
+    auto& arena = arenas_[entry];
+    if (!arena) arena = std::make_shared<detail::StagingArena>();
+
+    auto started = std::chrono::steady_clock::now();
+    bool waited = false;
+    auto previous = arena_jobs_.find(entry);
+    if (previous != arena_jobs_.end()) {
+      waited = true;
+      worker_->wait_for(previous->second);
+    }
+    if (options_.max_staging_bytes > 0 && bytes > arena->capacity()) {
+      std::size_t total = bytes;
+      for (const auto& [name, other] : arenas_) {
+        if (name != entry) total += other->capacity();
+      }
+      if (total > options_.max_staging_bytes) {
+        waited = true;
+        worker_->drain();
+      }
+    }
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    if (waited && seconds > 0.001) {
+      logger().info("Waited {:.3f} s for earlier background writes to free the staging memory of {}", seconds, entry);
+    }
+    arena->reset(bytes);
+    return arena;
+  }
+
+  // Collective over comm_. When a save failed on any rank, every rank drains
+  // its queue (so all ranks hold the same outcome), forgets the failure and
+  // throws it, naming the save and step. The step being saved is sealed, so
+  // the next save starts a new file rather than extend a failed one.
+  void check_background_failure() {
+    auto current = [&] { return worker_ ? worker_->failure() : failure_; };
+    if (comm_.allreduce_max(current() ? 1 : 0) == 0) return;
+    if (worker_) worker_->drain();
+
+    auto failure = current();
+    if (worker_) {
+      worker_->clear_failure();
+    } else {
+      failure_.reset();
+    }
+    seal();
+
+    std::exception_ptr local;
+    if (failure) {
+      const detail::JobLabel& label = failure->first;
+      std::string advice = "The step was not committed; earlier steps are intact";
+      try {
+        std::rethrow_exception(failure->second);
+      } catch (const Error& error) {
+        ErrorContext context = error.context();
+        context.step = label.step;
+        local = std::make_exception_ptr(
+            IoError("The save of " + label.description + " failed: " + error.problem(), context, advice));
+      } catch (const std::exception& error) {
+        local = std::make_exception_ptr(IoError("The save of " + label.description + " failed: " + error.what(),
+                                                ErrorContext{{}, {}, label.step, std::nullopt}, advice));
+      }
+    } else {
+      local = std::make_exception_ptr(IoError("A save failed on another rank", {}, ""));
+    }
+    detail::agree(comm_, local);
   }
 
   void seal() {
@@ -260,7 +392,13 @@ class PersistenceManager::Impl {
   std::optional<int64_t> open_step_;
   std::set<std::string> saved_names_;
   bool closed_ = false;
-  bool logged_synchronous_ = false;
+
+  std::optional<Communicator> io_comm_;  // the I/O thread's communicator
+  std::unique_ptr<detail::IoWorker> worker_;
+  std::map<std::string, std::shared_ptr<detail::StagingArena>> arenas_;
+  std::map<std::string, uint64_t> arena_jobs_;  // last job that reads each arena
+  uint64_t submitted_ = 0;
+  std::optional<std::pair<detail::JobLabel, std::exception_ptr>> failure_;  // of synchronous saves
 };
 
 PersistenceManager::PersistenceManager(const std::string& path, ManagerOptions options)

@@ -6,15 +6,28 @@
 
 #include <persistence/state_dict.h>
 
+#include <cstddef>
+#include <functional>
 #include <optional>
 
 namespace persistence::detail {
 
+// Produces the contiguous CPU tensor that a save writes for source, in dtype stored.
+using Materializer = std::function<at::Tensor(const at::Tensor& source, c10::ScalarType stored)>;
+
+// For synchronous saves: references source when it already is a contiguous CPU
+// tensor of dtype stored, otherwise converts it.
+at::Tensor reference_or_convert(const at::Tensor& source, c10::ScalarType stored);
+
+// Staging bytes (StagingArena::footprint) that materializing states would take.
+std::size_t staging_bytes(const StateDict& states, std::optional<c10::ScalarType> dtype);
+
 // Fills job.views, job.pieces and job.source_dtypes from states. Floating
-// tensors are converted to dtype when it is given. Tensors that are already
-// contiguous CPU tensors of the right dtype are referenced, not copied.
-// Throws InvalidArgumentError naming the key for undefined tensors,
-// unsupported dtypes and shards whose data does not fit their region.
-void add_states(SaveJob& job, const StateDict& states, std::optional<c10::ScalarType> dtype);
+// tensors are stored as dtype when it is given. Every tensor is validated
+// before the first one is materialized. Throws InvalidArgumentError naming the
+// key for undefined tensors, unsupported dtypes and shards whose data does not
+// fit their region.
+void add_states(SaveJob& job, const StateDict& states, std::optional<c10::ScalarType> dtype,
+                const Materializer& materialize);
 
 }  // namespace persistence::detail

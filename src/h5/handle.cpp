@@ -66,6 +66,11 @@ std::optional<Handle> open_attribute(hid_t object, const std::string& name) {
 
 }  // namespace
 
+std::recursive_mutex& library_mutex() {
+  static std::recursive_mutex mutex;
+  return mutex;
+}
+
 void silence_errors() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
 
 hid_t check_id(hid_t id, const char* call, const std::string& subject) {

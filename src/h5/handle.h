@@ -7,11 +7,17 @@
 #include <hdf5.h>
 
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace persistence::detail::h5 {
+
+// The process-wide lock around HDF5 use. The background I/O thread holds it
+// for a whole save; readers on other threads hold it for a whole read.
+std::recursive_mutex& library_mutex();
+using LibraryLock = std::lock_guard<std::recursive_mutex>;
 
 // Turns off HDF5's printing of error stacks; failures are reported through exceptions.
 void silence_errors();

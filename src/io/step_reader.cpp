@@ -149,6 +149,7 @@ at::Tensor read_full(hid_t file, const StoredTensor& stored, const std::string& 
 }  // namespace
 
 StepInfo read_step_info(const std::string& path) {
+  h5::LibraryLock lock(h5::library_mutex());
   h5::Handle file = open_step_locally(path);
   check_format(file.get(), path);
   StepInfo info;
@@ -163,11 +164,13 @@ StepInfo read_step_info(const std::string& path) {
 }
 
 std::vector<StoredTensor> list_tensors(const std::string& path, const std::string& group) {
+  h5::LibraryLock lock(h5::library_mutex());
   h5::Handle file = open_step_locally(path);
   return list_in_file(file.get(), path, group);
 }
 
 std::string read_text(const std::string& path, const std::string& dataset) {
+  h5::LibraryLock lock(h5::library_mutex());
   h5::Handle file = open_step_locally(path);
   if (!h5::link_exists(file.get(), dataset)) {
     throw NotFoundError("The step file has no dataset '" + dataset + "'", file_context(path));
@@ -176,6 +179,7 @@ std::string read_text(const std::string& path, const std::string& dataset) {
 }
 
 TensorDict read_tensors(const std::string& path, const std::string& group, bool verify) {
+  h5::LibraryLock lock(h5::library_mutex());
   h5::Handle file = open_step_locally(path);
   TensorDict tensors;
   for (const auto& stored : list_in_file(file.get(), path, group)) {
@@ -187,6 +191,7 @@ TensorDict read_tensors(const std::string& path, const std::string& group, bool 
 }
 
 void verify_step(const Communicator& comm, const std::string& path) {
+  h5::LibraryLock lock(h5::library_mutex());
   run_agreed(comm, [&] {
     h5::Handle file = open_step_locally(path);
     check_format(file.get(), path);
@@ -252,6 +257,7 @@ std::vector<ReadBuffer> make_buffers(StateValue& value, c10::ScalarType stored_d
 
 void read_into(const Communicator& comm, const std::string& path, const std::string& group, StateDict& target,
                bool verify, int64_t max_bytes_per_call) {
+  h5::LibraryLock lock(h5::library_mutex());
   std::vector<KeyView> views = target_views(target);
   Plan plan = exchange_plan(comm, views, PlanUse::kLoad);
 

@@ -13,6 +13,7 @@
 
 #include <H5FDmpio.h>
 
+#include <atomic>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
@@ -22,7 +23,8 @@
 namespace persistence::detail {
 namespace {
 
-TransferModeCounts g_transfer_modes;
+std::atomic<int64_t> g_collective_transfers{0};
+std::atomic<int64_t> g_independent_transfers{0};
 
 std::string iso8601_now() {
   std::time_t now = std::time(nullptr);
@@ -112,9 +114,9 @@ void count_transfer_mode(hid_t dxpl) {
   H5D_mpio_actual_io_mode_t mode = H5D_MPIO_NO_COLLECTIVE;
   if (H5Pget_mpio_actual_io_mode(dxpl, &mode) < 0) return;
   if (mode == H5D_MPIO_NO_COLLECTIVE) {
-    ++g_transfer_modes.independent;
+    ++g_independent_transfers;
   } else {
-    ++g_transfer_modes.collective;
+    ++g_collective_transfers;
   }
 }
 
@@ -155,15 +157,18 @@ class StepWriter {
     if (comm_.rank() == 0) token = std::to_string(std::random_device{}()) + std::to_string(std::random_device{}());
     token = comm_.broadcast(token);
     temporary_path_ = temporary_step_path(root_, job_.step, token);
+
+    // An earlier save of this step that failed left no file to extend.
+    extend_ = job_.extend_existing && comm_.rank() == 0 && std::filesystem::exists(final_path_);
+    extend_ = comm_.broadcast(static_cast<int64_t>(extend_)) != 0;
     run_agreed(comm_, [&] {
-      if (comm_.rank() != 0) return;
-      if (job_.extend_existing) copy_file(final_path_, temporary_path_);
+      if (comm_.rank() == 0 && extend_) copy_file(final_path_, temporary_path_);
     });
   }
 
   void open_file() {
     FileSettings file_settings{settings_.alignment, settings_.alignment_threshold};
-    if (job_.extend_existing) {
+    if (extend_) {
       file_ = open_parallel_file(temporary_path_, comm_, true);
     } else {
       file_ = create_parallel_file(temporary_path_, comm_, file_settings);
@@ -173,7 +178,7 @@ class StepWriter {
 
   void create_objects() {
     hid_t file = file_.get();
-    if (!job_.extend_existing) write_root();
+    if (!extend_) write_root();
 
     h5::Handle kind = h5::open_group(file, job_.group, temporary_path_);
     if (h5::link_exists(kind.get(), job_.name)) {
@@ -311,6 +316,7 @@ class StepWriter {
   WriterSettings settings_;
   std::string final_path_;
   std::string temporary_path_;
+  bool extend_ = false;
   Plan plan_;
   std::vector<uint64_t> checksums_;
   h5::Handle file_;
@@ -320,10 +326,11 @@ class StepWriter {
 
 }  // namespace
 
-TransferModeCounts transfer_mode_counts() { return g_transfer_modes; }
+TransferModeCounts transfer_mode_counts() { return {g_collective_transfers.load(), g_independent_transfers.load()}; }
 
 void write_step(const Communicator& comm, const std::string& root, const SaveJob& job,
                 const WriterSettings& settings) {
+  h5::LibraryLock lock(h5::library_mutex());
   StepWriter(comm, root, job, settings).run();
 }
 
