@@ -34,6 +34,13 @@ struct ManagerOptions {
   std::size_t alignment = std::size_t{1} << 20;
   std::size_t alignment_threshold = std::size_t{1} << 20;
 
+  // Retention: keep the newest keep_last committed steps (0 keeps every step)
+  // and, beyond those, every step that is a multiple of keep_every (0: none).
+  // Older steps are removed only after a newer step is committed, and the
+  // newest committed step is never removed.
+  int64_t keep_last = 0;
+  int64_t keep_every = 0;
+
   // Cap on the host staging memory of asynchronous saves, in bytes; 0 means no
   // cap. Each save name keeps one staging buffer; a save that would exceed the
   // cap first waits for the background writes in flight.

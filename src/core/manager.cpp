@@ -14,8 +14,13 @@
 
 #include <persistence/errors.h>
 
+#include <xxhash.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <set>
@@ -50,8 +55,12 @@ std::string emit_yaml(const YAML::Node& node) {
   return std::string(out.c_str()) + "\n";
 }
 
-// Checks that every rank makes the same call; a difference is a CollectiveError on every rank.
+// Checks that every rank makes the same call; a difference is a CollectiveError
+// on every rank. Two allreduces of a hash settle the usual case; the call
+// descriptions are gathered only to report a difference.
 void check_same_call(const Communicator& comm, const std::string& call) {
+  auto hash = static_cast<int64_t>(XXH3_64bits(call.data(), call.size()) >> 1);
+  if (comm.allreduce_min(hash) == comm.allreduce_max(hash)) return;
   std::vector<std::string> calls = comm.allgather(call);
   for (size_t r = 1; r < calls.size(); ++r) {
     if (calls[r] != calls[0]) {
@@ -313,7 +322,7 @@ class PersistenceManager::Impl {
     } else {
       failure_.reset();
     }
-    seal();
+    seal(false);  // the failed step may be partial: no retention against it
 
     std::exception_ptr local;
     if (failure) {
@@ -336,10 +345,49 @@ class PersistenceManager::Impl {
     detail::agree(comm_, local);
   }
 
-  void seal() {
-    if (open_step_) logger().debug("Sealed step {}", *open_step_);
+  // Ends the open step. With retention set, queues the removal of old steps
+  // behind the step's writes, so it runs only once they have committed.
+  void seal(bool apply_retention = true) {
+    if (open_step_ && apply_retention && options_.keep_last > 0) queue_retention(*open_step_);
     open_step_.reset();
     saved_names_.clear();
+  }
+
+  void queue_retention(int64_t sealed_step) {
+    auto work = [root = root_, keep_last = options_.keep_last, keep_every = options_.keep_every,
+                 rank = comm_.rank(), sealed_step] {
+      if (rank != 0) return;
+      std::vector<int64_t> committed = detail::list_steps(root);
+      if (committed.empty() || committed.back() < sealed_step) return;
+
+      // The newest step must open as a step file before anything older goes.
+      detail::read_step_info(root + "/" + detail::step_file_name(committed.back()));
+      for (int64_t step : detail::steps_to_remove(committed, keep_last, keep_every)) {
+        std::string path = root + "/" + detail::step_file_name(step);
+        if (std::remove(path.c_str()) != 0) {
+          logger().warn("Retention could not remove {}: {}", path, std::strerror(errno));
+          continue;
+        }
+        logger().info("Retention removed step {} ({})", step, path);
+      }
+      detail::sync_path(root);
+    };
+    if (!worker_) {
+      try {
+        work();
+      } catch (const std::exception& error) {
+        logger().warn("Retention after step {} failed: {}", sealed_step, error.what());
+      }
+      return;
+    }
+    uint64_t sequence = ++submitted_;
+    worker_->submit(detail::JobLabel{sequence, sealed_step, "retention"}, [work, sealed_step] {
+      try {
+        work();
+      } catch (const std::exception& error) {
+        logger().warn("Retention after step {} failed: {}", sealed_step, error.what());
+      }
+    });
   }
 
   static void check_requirements(const detail::StepInfo& info, const StepRequirements& required,

@@ -79,6 +79,18 @@ std::vector<int64_t> list_steps(const std::string& dir) {
   return steps;
 }
 
+std::vector<int64_t> steps_to_remove(const std::vector<int64_t>& committed, int64_t keep_last, int64_t keep_every) {
+  std::vector<int64_t> removed;
+  if (keep_last <= 0 || committed.size() <= static_cast<size_t>(keep_last)) return removed;
+  size_t kept_from = committed.size() - static_cast<size_t>(keep_last);
+  for (size_t i = 0; i < kept_from; ++i) {
+    int64_t step = committed[i];
+    if (keep_every > 0 && step % keep_every == 0) continue;
+    removed.push_back(step);
+  }
+  return removed;
+}
+
 std::string temporary_step_path(const std::string& dir, int64_t step, const std::string& token) {
   std::string name = step_file_name(step);
   return dir + "/" + kTemporaryPrefix + name.substr(5, name.size() - 8) + kTemporaryMarker + token;

@@ -18,6 +18,10 @@ std::optional<int64_t> parse_step_file_name(const std::string& name);
 // Steps that have a final step file in dir, ascending. A missing dir has none.
 std::vector<int64_t> list_steps(const std::string& dir);
 
+// Steps that retention removes from committed (ascending): all but the newest
+// keep_last, except multiples of keep_every; never the newest. keep_last 0 keeps all.
+std::vector<int64_t> steps_to_remove(const std::vector<int64_t>& committed, int64_t keep_last, int64_t keep_every);
+
 // A hidden temporary name for step in dir; token makes it unique per attempt.
 std::string temporary_step_path(const std::string& dir, int64_t step, const std::string& token);
 

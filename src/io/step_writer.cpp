@@ -137,8 +137,8 @@ class StepWriter {
     try {
       run_agreed(comm_, [&] { open_file(); });
       run_agreed(comm_, [&] { create_objects(); });
-      run_agreed(comm_, [&] { write_data(); });
-      run_agreed(comm_, [&] { flush_and_close(); });
+      run_agreed(comm_, [&] { with_free_space([&] { write_data(); }); });
+      run_agreed(comm_, [&] { with_free_space([&] { flush_and_close(); }); });
       run_agreed(comm_, [&] { publish(); });
     } catch (...) {
       discard_temporary();
@@ -149,6 +149,22 @@ class StepWriter {
  private:
   ErrorContext context(const std::string& key = {}) const {
     return ErrorContext{final_path_, key, job_.step, comm_.rank()};
+  }
+
+  // Runs work; an IoError gets the free space of the file system added, since
+  // a full disk is the usual cause of a failed write or flush.
+  template <typename Work>
+  void with_free_space(Work&& work) {
+    try {
+      work();
+    } catch (const IoError& error) {
+      ErrorContext context = error.context();
+      if (context.file.empty()) context.file = final_path_;
+      context.step = job_.step;
+      throw IoError(error.problem() + "; " + std::to_string(free_bytes(root_)) + " bytes are free on the file system of " +
+                        root_,
+                    context, "Free space or choose another directory; the step was not committed");
+    }
   }
 
   // Rank 0 picks the temporary name and, when extending, copies the committed file there.
