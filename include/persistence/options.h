@@ -4,6 +4,7 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -45,6 +46,11 @@ struct ManagerOptions {
   // cap. Each save name keeps one staging buffer; a save that would exceed the
   // cap first waits for the background writes in flight.
   std::size_t max_staging_bytes = 0;
+
+  // How long a collective call waits for every rank to arrive before all
+  // ranks that arrived throw a CollectiveError naming the ranks that did not.
+  // Zero: PERSISTENCE_COLLECTIVE_TIMEOUT (seconds), else 30 minutes.
+  std::chrono::milliseconds collective_timeout{0};
 
   // Returns a copy with every unset field filled from the environment and defaults.
   ManagerOptions resolved() const;

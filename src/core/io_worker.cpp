@@ -38,6 +38,11 @@ std::optional<std::pair<JobLabel, std::exception_ptr>> IoWorker::failure() const
   return failure_;
 }
 
+void IoWorker::abandon() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  queue_.clear();
+}
+
 void IoWorker::clear_failure() {
   std::lock_guard<std::mutex> lock(mutex_);
   failure_.reset();

@@ -42,6 +42,9 @@ class IoWorker {
   // The first failure, if any: its label and exception.
   std::optional<std::pair<JobLabel, std::exception_ptr>> failure() const;
 
+  // Drops every queued job that has not started; the running one finishes.
+  void abandon();
+
   // Forgets the failure, so later jobs run again.
   void clear_failure();
 

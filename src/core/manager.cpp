@@ -11,10 +11,10 @@
 #include "io/step_reader.h"
 #include "io/step_writer.h"
 #include "mpi/communicator.h"
+#include "mpi/rendezvous.h"
 
 #include <persistence/errors.h>
 
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -53,22 +53,6 @@ std::string emit_yaml(const YAML::Node& node) {
   YAML::Emitter out;
   out << node;
   return std::string(out.c_str()) + "\n";
-}
-
-// Checks that every rank makes the same call; a difference is a CollectiveError
-// on every rank. Two allreduces of a hash settle the usual case; the call
-// descriptions are gathered only to report a difference.
-void check_same_call(const Communicator& comm, const std::string& call) {
-  auto hash = static_cast<int64_t>(XXH3_64bits(call.data(), call.size()) >> 1);
-  if (comm.allreduce_min(hash) == comm.allreduce_max(hash)) return;
-  std::vector<std::string> calls = comm.allgather(call);
-  for (size_t r = 1; r < calls.size(); ++r) {
-    if (calls[r] != calls[0]) {
-      throw CollectiveError("Ranks make different calls: rank 0 calls " + calls[0] + " but rank " + std::to_string(r) +
-                                " calls " + calls[r],
-                            {}, "Every rank must call the manager in the same order with the same step and name");
-    }
-  }
 }
 
 }  // namespace
@@ -119,7 +103,7 @@ class PersistenceManager::Impl {
 
   void save_config(const YAML::Node& config) {
     require_open("save_config");
-    check_same_call(comm_, "save_config()");
+    check_same_call("save_config()");
     std::string text = comm_.rank() == 0 ? emit_yaml(config) : std::string();
     training_config_ = comm_.broadcast(text);
     run_agreed(comm_, [&] {
@@ -130,8 +114,8 @@ class PersistenceManager::Impl {
   void save(detail::SaveJob job, const StateDict& states, std::optional<c10::ScalarType> dtype, bool blocking,
             const char* what) {
     require_open(what);
+    check_same_call(std::string(what) + "(step=" + std::to_string(job.step) + ", name='" + job.name + "')");
     run_agreed(comm_, [&] { check_name(job.name, what, job.step); });
-    check_same_call(comm_, std::string(what) + "(step=" + std::to_string(job.step) + ", name='" + job.name + "')");
     check_background_failure();
 
     std::string entry = job.group + "/" + job.name;
@@ -183,7 +167,7 @@ class PersistenceManager::Impl {
 
   std::optional<ResumeState> load_last_step(const StepRequirements& required) {
     require_open("load_last_step");
-    check_same_call(comm_, "load_last_step()");
+    check_same_call("load_last_step()");
     if (worker_) worker_->drain();
     std::vector<int64_t> steps;
     run_agreed(comm_, [&] {
@@ -213,14 +197,14 @@ class PersistenceManager::Impl {
 
   void commit() {
     require_open("commit");
-    check_same_call(comm_, "commit()");
+    check_same_call("commit()");
     check_background_failure();
     seal();
   }
 
   void wait() {
     require_open("wait");
-    check_same_call(comm_, "wait()");
+    check_same_call("wait()");
     if (worker_) worker_->drain();
     check_background_failure();
   }
@@ -236,6 +220,13 @@ class PersistenceManager::Impl {
   }
 
   bool closed() const { return closed_; }
+
+  // Drops queued saves without running them; for use after MPI_Finalize.
+  void abandon() {
+    closed_ = true;
+    if (worker_) worker_->abandon();
+    worker_.reset();
+  }
   const std::string& root() const { return root_; }
   const std::string& task_id() const { return task_id_; }
 
@@ -248,7 +239,12 @@ class PersistenceManager::Impl {
     }
   }
 
-  void require_open_for_close() { check_same_call(comm_, "close()"); }
+  void require_open_for_close() { check_same_call("close()"); }
+
+  // Collective. Every rank must make this call next, within the collective timeout.
+  void check_same_call(const std::string& call) {
+    detail::rendezvous(comm_, ++calls_, call, options_.collective_timeout);
+  }
 
   // Writes job on the I/O thread (or here, when saves are synchronous) and
   // returns its sequence number.
@@ -446,6 +442,7 @@ class PersistenceManager::Impl {
   std::map<std::string, std::shared_ptr<detail::StagingArena>> arenas_;
   std::map<std::string, uint64_t> arena_jobs_;  // last job that reads each arena
   uint64_t submitted_ = 0;
+  uint64_t calls_ = 0;  // collective calls made, compared across ranks
   std::optional<std::pair<detail::JobLabel, std::exception_ptr>> failure_;  // of synchronous saves
 };
 
@@ -453,8 +450,19 @@ PersistenceManager::PersistenceManager(const std::string& path, ManagerOptions o
     : impl_(std::make_unique<Impl>(path, options)) {}
 
 PersistenceManager::~PersistenceManager() {
+  if (!impl_ || impl_->closed()) return;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized != 0) {
+    // No collective call is possible any more; queued saves are lost.
+    logger().error("The persistence manager of {} was destroyed after MPI_Finalize without close(); saves still "
+                   "queued were dropped. Call close() before MPI_Finalize",
+                   impl_->root());
+    impl_->abandon();
+    return;
+  }
   try {
-    if (impl_ && !impl_->closed()) impl_->close();
+    impl_->close();
   } catch (const std::exception& error) {
     logger().error("Closing the persistence manager failed: {}", error.what());
   }

@@ -23,7 +23,8 @@ std::string default_registry_dir() {
 }  // namespace
 
 // The one place where the library reads its environment variables:
-// PERSISTENCE_TASK_ID, PERSISTENCE_REGISTRY, XDG_CACHE_HOME and HOME.
+// PERSISTENCE_TASK_ID, PERSISTENCE_REGISTRY, PERSISTENCE_COLLECTIVE_TIMEOUT,
+// XDG_CACHE_HOME and HOME.
 ManagerOptions ManagerOptions::resolved() const {
   ManagerOptions result = *this;
   if (result.task_id.empty()) result.task_id = environment("PERSISTENCE_TASK_ID");
@@ -31,6 +32,12 @@ ManagerOptions ManagerOptions::resolved() const {
   if (result.registry_dir.empty()) result.registry_dir = default_registry_dir();
   if (result.max_bytes_per_call == 0) result.max_bytes_per_call = std::size_t{1} << 30;
   if (result.alignment == 0) result.alignment = 1;
+  if (result.collective_timeout.count() <= 0) {
+    std::string seconds = environment("PERSISTENCE_COLLECTIVE_TIMEOUT");
+    double value = seconds.empty() ? 0.0 : std::atof(seconds.c_str());
+    result.collective_timeout = value > 0 ? std::chrono::milliseconds(static_cast<int64_t>(value * 1000))
+                                          : std::chrono::milliseconds(30 * 60 * 1000);
+  }
   return result;
 }
 
