@@ -10,6 +10,7 @@
 #include "io/step_files.h"
 #include "io/step_reader.h"
 #include "io/step_writer.h"
+#include "shard/plan.h"
 #include "mpi/communicator.h"
 #include "mpi/rendezvous.h"
 
@@ -136,6 +137,9 @@ class PersistenceManager::Impl {
     job.extend_existing = open_step_.has_value() && !saved_names_.empty();
     job.training_config = training_config_;
     job.task_id = task_id_;
+    auto& cache = plan_caches_[entry];
+    if (!cache) cache = std::make_shared<detail::PlanCache>();
+    job.plan_cache = cache;
 
     bool background = worker_ != nullptr && !blocking;
     std::shared_ptr<detail::StagingArena> arena;
@@ -440,7 +444,8 @@ class PersistenceManager::Impl {
   std::optional<Communicator> io_comm_;  // the I/O thread's communicator
   std::unique_ptr<detail::IoWorker> worker_;
   std::map<std::string, std::shared_ptr<detail::StagingArena>> arenas_;
-  std::map<std::string, uint64_t> arena_jobs_;  // last job that reads each arena
+  std::map<std::string, uint64_t> arena_jobs_;
+  std::map<std::string, std::shared_ptr<detail::PlanCache>> plan_caches_;  // last job that reads each arena
   uint64_t submitted_ = 0;
   uint64_t calls_ = 0;  // collective calls made, compared across ranks
   std::optional<std::pair<detail::JobLabel, std::exception_ptr>> failure_;  // of synchronous saves

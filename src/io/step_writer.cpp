@@ -128,7 +128,7 @@ class StepWriter {
   }
 
   void run() {
-    plan_ = exchange_plan(comm_, job_.views, PlanUse::kSave);
+    plan_ = agreed_plan();
     std::vector<uint64_t> sums = partial_checksums(plan_, job_, comm_.rank());
     comm_.allreduce_sum(sums);
     checksums_ = std::move(sums);
@@ -149,6 +149,20 @@ class StepWriter {
  private:
   ErrorContext context(const std::string& key = {}) const {
     return ErrorContext{final_path_, key, job_.step, comm_.rank()};
+  }
+
+  // Reuses the previous plan of this save name when no rank's views changed
+  // (one allreduce instead of an allgather of every rank's keys).
+  Plan agreed_plan() {
+    PlanCache* cache = job_.plan_cache.get();
+    uint64_t fingerprint = plan_fingerprint(job_.views);
+    int64_t unchanged = cache != nullptr && cache->valid && cache->fingerprint == fingerprint ? 1 : 0;
+    if (comm_.allreduce_min(unchanged) == 1) return cache->plan;
+
+    if (cache != nullptr) cache->valid = false;
+    Plan plan = exchange_plan(comm_, job_.views, PlanUse::kSave);
+    if (cache != nullptr) *cache = PlanCache{true, fingerprint, plan};
+    return plan;
   }
 
   // Runs work; an IoError gets the free space of the file system added, since

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,6 +31,9 @@ struct SaveJob {
 
   // Add to the committed file of this step instead of starting a new one.
   bool extend_existing = false;
+
+  // The previous plan of this save name; used and updated only by the writing thread.
+  std::shared_ptr<PlanCache> plan_cache;
 };
 
 struct WriterSettings {

@@ -9,6 +9,8 @@
 #include <map>
 #include <set>
 
+#include <xxhash.h>
+
 namespace persistence::detail {
 namespace {
 
@@ -272,6 +274,11 @@ bool check_cover(const PlannedKey& planned, PlanUse use) {
 }
 
 }  // namespace
+
+uint64_t plan_fingerprint(const std::vector<KeyView>& views) {
+  std::string encoded = encode(views);
+  return XXH3_64bits(encoded.data(), encoded.size());
+}
 
 Plan exchange_plan(const Communicator& comm, const std::vector<KeyView>& views, PlanUse use) {
   std::vector<std::string> gathered = comm.allgather(encode(views));

@@ -44,6 +44,16 @@ enum class PlanUse {
   kLoad,  // sharded pieces may overlap or leave gaps
 };
 
+// A hash of one rank's views (XXH3 of their encoding).
+uint64_t plan_fingerprint(const std::vector<KeyView>& views);
+
+// The last validated save plan of one save name, reused while no rank's views change.
+struct PlanCache {
+  bool valid = false;
+  uint64_t fingerprint = 0;
+  Plan plan;
+};
+
 // Collective. Exchanges every rank's views and returns the validated plan.
 // Throws CollectiveError, the same on every rank, naming the key and the ranks
 // when key sets, kinds, shapes or dtypes disagree, or, for kSave, when sharded
