@@ -48,7 +48,7 @@ struct StepRequirements {
 // is thrown on every rank. Not thread-safe: call from one thread per rank.
 class PersistenceManager {
  public:
-  // Collective. Creates the root directory if needed, initialises MPI with
+  // Collective. Creates the root directory if its parent exists, initialises MPI with
   // MPI_THREAD_MULTIPLE if the application has not, and records the task id.
   explicit PersistenceManager(const std::string& path, ManagerOptions options = {});
 

@@ -70,7 +70,7 @@ class PersistenceManager::Impl {
     run_agreed(comm_, [&] { root_ = detail::local_root(path); });
     run_agreed(comm_, [&] {
       if (comm_.rank() != 0) return;
-      detail::make_directories(root_);
+      detail::make_save_directory(root_);
       detail::check_writable(root_);
       int removed = detail::remove_stale_temporaries(root_);
       if (removed > 0) logger().info("Removed {} temporary step files left by an interrupted save in {}", removed, root_);

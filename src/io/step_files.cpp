@@ -132,6 +132,23 @@ void make_directories(const std::string& dir) {
   }
 }
 
+void make_save_directory(const std::string& dir) {
+  std::error_code error;
+  if (fs::is_directory(dir, error)) return;
+  if (fs::exists(dir, error)) {
+    throw IoError("The save path exists but is not a directory", ErrorContext{dir, {}, {}, {}},
+                  "Choose a directory path");
+  }
+  std::string parent = parent_of(dir);
+  if (!fs::is_directory(parent, error)) {
+    throw IoError("The parent directory '" + parent + "' of the save directory does not exist",
+                  ErrorContext{dir, {}, {}, {}}, "Create it first, or check the path for typos");
+  }
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    fail_errno("Cannot create the save directory", dir, errno);
+  }
+}
+
 void check_writable(const std::string& dir) {
   if (::access(dir.c_str(), W_OK | X_OK) != 0) {
     throw IoError(std::string("The save directory is not writable: ") + std::strerror(errno),

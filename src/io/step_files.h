@@ -35,6 +35,10 @@ std::string local_root(const std::string& path);
 // mkdir -p; throws IoError naming the first component that cannot be created.
 void make_directories(const std::string& dir);
 
+// Creates dir unless it exists; its parent must exist. Throws IoError otherwise,
+// so a mistyped path fails instead of growing a new directory tree.
+void make_save_directory(const std::string& dir);
+
 // Throws IoError when dir does not accept new files.
 void check_writable(const std::string& dir);
 
