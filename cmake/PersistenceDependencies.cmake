@@ -23,6 +23,10 @@ find_package(Torch REQUIRED)
 separate_arguments(TORCH_CXX_FLAGS_LIST UNIX_COMMAND "${TORCH_CXX_FLAGS}")
 find_package(yaml-cpp REQUIRED)
 find_package(spdlog REQUIRED)
+# libcurl carries WebHDFS traffic, with GSS-API for Kerberos SPNEGO; nlohmann_json
+# parses its replies. Debian: libcurl4-openssl-dev and nlohmann-json3-dev.
+find_package(CURL REQUIRED)
+find_package(nlohmann_json 3 REQUIRED)
 
 # Debian's libxxhash-dev ships no CMake package: find the header and library.
 if(NOT TARGET xxhash)

@@ -11,8 +11,11 @@
 namespace persistence {
 
 // Returns model `name` from the newest step under path that holds it, or from
-// `step` when given. Path forms: "/abs/dir" or "file:///abs/dir".
-// NotFoundError when no such step or model exists.
+// `step` when given. Path forms: "/abs/dir", "file:///abs/dir", and
+// "hdfs://namenode:port/dir" or "hdfs:///dir", whose step files are staged in
+// to the default local staging directory first (HDFS settings come from the
+// PERSISTENCE_HDFS_* environment variables). NotFoundError when no such step
+// or model exists.
 PersistedModel load_model_from_path(const std::string& path, const std::string& name = "model",
                                     std::optional<int64_t> step = std::nullopt);
 

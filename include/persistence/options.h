@@ -42,6 +42,18 @@ struct ManagerOptions {
   int64_t keep_last = 0;
   int64_t keep_every = 0;
 
+  // For hdfs:// save paths: the local directory that step files are written
+  // to before stage-out, and staged in to on resume. It must be on a file
+  // system that every rank reaches (the same path on every node). Empty:
+  // PERSISTENCE_STAGING_DIR, else <TMPDIR or /tmp>/persistence-staging/<path>.
+  // HDFS itself is configured through the PERSISTENCE_HDFS_* and
+  // PERSISTENCE_WEBHDFS_* environment variables (docs/hdfs.md).
+  std::string staging_dir;
+
+  // For hdfs:// save paths: local step files kept after their stage-out is
+  // verified, newest first. The newest committed step always stays.
+  int64_t local_steps_kept = 1;
+
   // Cap on the host staging memory of asynchronous saves, in bytes; 0 means no
   // cap. Each save name keeps one staging buffer; a save that would exceed the
   // cap first waits for the background writes in flight.

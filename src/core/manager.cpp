@@ -2,6 +2,7 @@
 
 #include "core/io_worker.h"
 #include "core/logging.h"
+#include "core/remote_paths.h"
 #include "core/snapshot.h"
 #include "core/staging.h"
 #include "core/task_registry.h"
@@ -13,17 +14,22 @@
 #include "shard/plan.h"
 #include "mpi/communicator.h"
 #include "mpi/rendezvous.h"
+#include "storage/open_storage.h"
+#include "storage/stage.h"
 
 #include <persistence/errors.h>
 
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
+#include <filesystem>
 #include <set>
 
 namespace persistence {
@@ -67,10 +73,16 @@ class PersistenceManager::Impl {
     detail::configure_logging(comm_.rank());
     detail::h5::silence_errors();
 
-    run_agreed(comm_, [&] { root_ = detail::local_root(path); });
+    save_path_ = path;
+    run_agreed(comm_, [&] { resolve_root(path); });
     run_agreed(comm_, [&] {
       if (comm_.rank() != 0) return;
-      detail::make_save_directory(root_);
+      if (remote_) {
+        open_remote(path);
+        detail::make_directories(root_);
+      } else {
+        detail::make_save_directory(root_);
+      }
       detail::check_writable(root_);
       int removed = detail::remove_stale_temporaries(root_);
       if (removed > 0) logger().info("Removed {} temporary step files left by an interrupted save in {}", removed, root_);
@@ -82,12 +94,17 @@ class PersistenceManager::Impl {
     run_agreed(comm_, [&] { detail::check_task_id(task_id_); });
     if (comm_.rank() == 0) {
       try {
-        detail::record_task(options_.registry_dir, task_id_, root_, comm_.size());
+        detail::record_task(options_.registry_dir, task_id_, remote_ ? save_path_ : root_, comm_.size());
       } catch (const Error& error) {
         logger().warn("Task {} is not recorded in the task registry: {}", task_id_, error.what());
       }
     }
-    logger().info("Task {} saves to {} with {} ranks", task_id_, root_, comm_.size());
+    if (remote_) {
+      logger().info("Task {} saves to {} through the staging directory {} with {} ranks", task_id_, save_path_, root_,
+                    comm_.size());
+    } else {
+      logger().info("Task {} saves to {} with {} ranks", task_id_, root_, comm_.size());
+    }
 
     // Background writes need MPI_THREAD_MULTIPLE, because the trainer keeps
     // calling MPI on its own thread while the I/O thread writes.
@@ -175,7 +192,13 @@ class PersistenceManager::Impl {
     if (worker_) worker_->drain();
     std::vector<int64_t> steps;
     run_agreed(comm_, [&] {
-      if (comm_.rank() == 0) steps = detail::list_steps(root_);
+      if (comm_.rank() != 0) return;
+      steps = detail::list_steps(root_);
+      if (remote_) {
+        for (int64_t step : detail::list_remote_steps(*storage_, remote_dir_)) steps.push_back(step);
+        std::sort(steps.begin(), steps.end());
+        steps.erase(std::unique(steps.begin(), steps.end()), steps.end());
+      }
     });
     int64_t count = comm_.broadcast(static_cast<int64_t>(steps.size()));
     steps.resize(static_cast<size_t>(count));
@@ -185,6 +208,7 @@ class PersistenceManager::Impl {
       std::string path = root_ + "/" + detail::step_file_name(*it);
       detail::StepInfo info;
       try {
+        run_agreed(comm_, [&] { stage_in_if_missing(*it, path); });
         run_agreed(comm_, [&] { info = detail::read_step_info(path); });
         run_agreed(comm_, [&] { check_requirements(info, required, path); });
         if (options_.verify_checksums) detail::verify_step(comm_, path);
@@ -217,10 +241,12 @@ class PersistenceManager::Impl {
     if (closed_) return;
     closed_ = true;  // a failing close is not retried by the destructor
     require_open_for_close();
-    if (worker_) worker_->drain();
-    worker_.reset();
-    check_background_failure();
     seal();
+    if (worker_) worker_->drain();
+    if (stage_worker_) stage_worker_->drain();
+    check_background_failure();
+    worker_.reset();
+    stage_worker_.reset();
   }
 
   bool closed() const { return closed_; }
@@ -229,7 +255,9 @@ class PersistenceManager::Impl {
   void abandon() {
     closed_ = true;
     if (worker_) worker_->abandon();
+    if (stage_worker_) stage_worker_->abandon();
     worker_.reset();
+    stage_worker_.reset();
   }
   const std::string& root() const { return root_; }
   const std::string& task_id() const { return task_id_; }
@@ -240,6 +268,81 @@ class PersistenceManager::Impl {
       throw InvalidArgumentError(std::string("The manager is closed; ") + call + " cannot run",
                                  ErrorContext{root_, {}, std::nullopt, comm_.rank()},
                                  "Create a new PersistenceManager");
+    }
+  }
+
+  // Sets root_: the save directory, or for hdfs:// paths the local staging directory.
+  void resolve_root(const std::string& path) {
+    remote_ = detail::is_hdfs_uri(path);
+    if (!remote_) {
+      root_ = detail::local_root(path);
+      return;
+    }
+    std::string staging = options_.staging_dir;
+    if (staging.empty()) staging = detail::default_staging_dir(path);
+    root_ = detail::local_root(staging);
+  }
+
+  // Rank 0 only: the remote storage and the thread that stages step files out.
+  void open_remote(const std::string& path) {
+    detail::HdfsConfig config = detail::HdfsConfig::from_environment();
+    detail::StorageLocation location = detail::open_storage(path, config);
+    storage_ = std::move(location.storage);
+    remote_dir_ = location.dir;
+    retry_ = config.retry;
+    stage_worker_ = std::make_unique<detail::IoWorker>();
+  }
+
+  // Rank 0 downloads a remote step that has no local copy.
+  void stage_in_if_missing(int64_t step, const std::string& path) {
+    if (!remote_ || comm_.rank() != 0 || std::filesystem::exists(path)) return;
+    std::string name = detail::step_file_name(step);
+    logger().info("Staging in step {} from {}", step, save_path_);
+    detail::stage_in(*storage_, remote_dir_ + "/" + name, path, std::nullopt, retry_);
+  }
+
+  // Queues, behind the writes of step, its stage-out on rank 0's stage thread,
+  // then remote retention and the removal of local copies already staged out.
+  void queue_stage_out(int64_t step) {
+    if (comm_.rank() != 0) return;
+    auto stage = [this, step] {
+      std::string name = detail::step_file_name(step);
+      std::string local = root_ + "/" + name;
+      if (!std::filesystem::exists(local)) return;  // its saves failed; nothing was committed
+      auto started = std::chrono::steady_clock::now();
+      detail::stage_out(*storage_, local, remote_dir_, name, retry_, true);
+      double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      logger().info("Staged out step {} to {} in {:.3f} s", step, save_path_, seconds);
+      staged_out_.insert(step);
+      prune_after_stage_out();
+    };
+    auto hand_over = [this, step, stage] {
+      if (!stage_worker_) return;
+      stage_worker_->submit(detail::JobLabel{++stage_jobs_, step, "the stage-out of step " + std::to_string(step)},
+                            stage);
+    };
+    if (worker_) {
+      worker_->submit(detail::JobLabel{++submitted_, step, "stage-out hand-over"}, hand_over);
+    } else {
+      hand_over();
+    }
+  }
+
+  // Runs on the stage thread after a verified stage-out.
+  void prune_after_stage_out() {
+    if (options_.keep_last > 0) {
+      std::vector<int64_t> remote = detail::list_remote_steps(*storage_, remote_dir_);
+      for (int64_t step : detail::steps_to_remove(remote, options_.keep_last, options_.keep_every)) {
+        std::string path = remote_dir_ + "/" + detail::step_file_name(step);
+        if (storage_->remove(path)) logger().info("Retention removed step {} from {}", step, save_path_);
+      }
+    }
+    std::vector<int64_t> local = detail::list_steps(root_);
+    if (local.size() <= static_cast<size_t>(options_.local_steps_kept)) return;
+    for (size_t i = 0; i + static_cast<size_t>(options_.local_steps_kept) < local.size(); ++i) {
+      if (staged_out_.count(local[i]) == 0) continue;  // no verified remote copy yet
+      std::error_code ignored;
+      std::filesystem::remove(root_ + "/" + detail::step_file_name(local[i]), ignored);
     }
   }
 
@@ -312,9 +415,14 @@ class PersistenceManager::Impl {
   // throws it, naming the save and step. The step being saved is sealed, so
   // the next save starts a new file rather than extend a failed one.
   void check_background_failure() {
-    auto current = [&] { return worker_ ? worker_->failure() : failure_; };
+    auto current = [&] {
+      auto failure = worker_ ? worker_->failure() : failure_;
+      if (!failure && stage_worker_) failure = stage_worker_->failure();
+      return failure;
+    };
     if (comm_.allreduce_max(current() ? 1 : 0) == 0) return;
     if (worker_) worker_->drain();
+    if (stage_worker_) stage_worker_->drain();
 
     auto failure = current();
     if (worker_) {
@@ -322,6 +430,7 @@ class PersistenceManager::Impl {
     } else {
       failure_.reset();
     }
+    if (stage_worker_) stage_worker_->clear_failure();
     seal(false);  // the failed step may be partial: no retention against it
 
     std::exception_ptr local;
@@ -348,7 +457,8 @@ class PersistenceManager::Impl {
   // Ends the open step. With retention set, queues the removal of old steps
   // behind the step's writes, so it runs only once they have committed.
   void seal(bool apply_retention = true) {
-    if (open_step_ && apply_retention && options_.keep_last > 0) queue_retention(*open_step_);
+    if (open_step_ && apply_retention && remote_) queue_stage_out(*open_step_);
+    if (open_step_ && apply_retention && !remote_ && options_.keep_last > 0) queue_retention(*open_step_);
     open_step_.reset();
     saved_names_.clear();
   }
@@ -449,6 +559,17 @@ class PersistenceManager::Impl {
   uint64_t submitted_ = 0;
   uint64_t calls_ = 0;  // collective calls made, compared across ranks
   std::optional<std::pair<detail::JobLabel, std::exception_ptr>> failure_;  // of synchronous saves
+
+  // hdfs:// save paths. storage_ and stage_worker_ exist on rank 0 only, the
+  // only rank that talks to the NameNode.
+  std::string save_path_;
+  bool remote_ = false;
+  std::string remote_dir_;
+  std::unique_ptr<detail::Storage> storage_;
+  detail::RetryPolicy retry_;
+  std::set<int64_t> staged_out_;  // touched by the stage thread only
+  uint64_t stage_jobs_ = 0;
+  std::unique_ptr<detail::IoWorker> stage_worker_;  // declared last: stops first
 };
 
 PersistenceManager::PersistenceManager(const std::string& path, ManagerOptions options)

@@ -24,7 +24,8 @@ std::string default_registry_dir() {
 
 // The one place where the library reads its environment variables:
 // PERSISTENCE_TASK_ID, PERSISTENCE_REGISTRY, PERSISTENCE_COLLECTIVE_TIMEOUT,
-// XDG_CACHE_HOME and HOME.
+// PERSISTENCE_STAGING_DIR, TMPDIR, XDG_CACHE_HOME and HOME. The HDFS settings
+// are read by HdfsConfig::from_environment.
 ManagerOptions ManagerOptions::resolved() const {
   ManagerOptions result = *this;
   if (result.task_id.empty()) result.task_id = environment("PERSISTENCE_TASK_ID");
@@ -32,6 +33,8 @@ ManagerOptions ManagerOptions::resolved() const {
   if (result.registry_dir.empty()) result.registry_dir = default_registry_dir();
   if (result.max_bytes_per_call == 0) result.max_bytes_per_call = std::size_t{1} << 30;
   if (result.alignment == 0) result.alignment = 1;
+  if (result.staging_dir.empty()) result.staging_dir = environment("PERSISTENCE_STAGING_DIR");
+  if (result.local_steps_kept < 1) result.local_steps_kept = 1;
   if (result.collective_timeout.count() <= 0) {
     std::string seconds = environment("PERSISTENCE_COLLECTIVE_TIMEOUT");
     double value = seconds.empty() ? 0.0 : std::atof(seconds.c_str());
