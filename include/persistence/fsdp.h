@@ -28,7 +28,7 @@ namespace persistence {
 
 // A module's parameters, in registration order, flattened row-major into one
 // buffer, padded with zeros to a multiple of the world size and split evenly:
-// rank r holds elements [r * s, (r + 1) * s) as its shard, where s is the
+// rank r keeps elements [r * s, (r + 1) * s) as its shard, where s is the
 // padded size divided by the world size. A training step is
 //
 //   flat.gather();                      // the module's parameters get full values
@@ -38,7 +38,7 @@ namespace persistence {
 //   module.zero_grad();
 //
 // All parameters must be contiguous CPU tensors of one floating dtype. The
-// object holds handles to the module's parameters and buffers taken at
+// object keeps handles to the module's parameters and buffers taken at
 // construction. Not thread-safe. Methods marked collective must be called by
 // every rank of the communicator, in the same order.
 //
@@ -100,7 +100,7 @@ class FlatParameter {
 };
 
 // Returns the module's states by parameter and buffer name: each parameter as
-// a sharded tensor of its own shape that holds the part of this rank's shard
+// a sharded tensor of its own shape that contains the part of this rank's shard
 // inside it (the padding is never included), and each buffer as a full
 // tensor. The pieces are views of the shard. Local.
 StateDict get_model_states(FlatParameter& flat);

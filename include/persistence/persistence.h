@@ -2,6 +2,7 @@
 #pragma once
 
 #include <persistence/errors.h>
+#include <persistence/fsdp.h>
 #include <persistence/loading.h>
 #include <persistence/manager.h>
 #include <persistence/model_registry.h>
@@ -10,3 +11,4 @@
 #include <persistence/persisted.h>
 #include <persistence/state_dict.h>
 #include <persistence/version.h>
+#include <persistence/zero.h>

@@ -54,7 +54,7 @@ struct ZeroOptions {
 // updated ranges, so every rank ends with the full parameters.
 //
 // All parameters must be contiguous CPU tensors of one floating dtype. The
-// object holds handles to the parameters taken at construction, so it does
+// object keeps handles to the parameters taken at construction, so it does
 // not need the module to stay alive. Not thread-safe. Methods marked
 // collective must be called by every rank of the communicator, in the same
 // order.

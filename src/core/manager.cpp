@@ -440,10 +440,11 @@ class PersistenceManager::Impl {
       try {
         std::rethrow_exception(failure->second);
       } catch (const Error& error) {
+        // Keep the error's class: an invalid plan stays a CollectiveError.
         ErrorContext context = error.context();
         context.step = label.step;
-        local = std::make_exception_ptr(
-            IoError("The save of " + label.description + " failed: " + error.problem(), context, advice));
+        local = detail::make_error(error.kind(), "The save of " + label.description + " failed: " + error.problem(),
+                                   context, error.advice().empty() ? advice : error.advice() + ". " + advice);
       } catch (const std::exception& error) {
         local = std::make_exception_ptr(IoError("The save of " + label.description + " failed: " + error.what(),
                                                 ErrorContext{{}, {}, label.step, std::nullopt}, advice));

@@ -76,6 +76,15 @@ std::vector<std::string> split_nul(const std::string& encoded) {
 
 }  // namespace
 
+std::exception_ptr make_error(const std::string& kind, const std::string& problem, ErrorContext context,
+                              const std::string& advice) {
+  try {
+    throw_kind(kind, problem, std::move(context), advice);
+  } catch (...) {
+    return std::current_exception();
+  }
+}
+
 void check_mpi(int rc, const char* call) {
   if (rc == MPI_SUCCESS) return;
   char text[MPI_MAX_ERROR_STRING];

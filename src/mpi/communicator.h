@@ -58,6 +58,11 @@ class Communicator {
   int size_ = 1;
 };
 
+// Returns an exception of the class named kind (Error::kind()), so an error
+// can be rebuilt with more context without changing its type.
+std::exception_ptr make_error(const std::string& kind, const std::string& problem, ErrorContext context,
+                              const std::string& advice);
+
 // Collective. Combines the outcome of local work across ranks: when any rank
 // passes an exception, every rank throws the same kind of error with the
 // lowest failing rank's message, which names that rank and how many failed.

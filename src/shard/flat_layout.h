@@ -63,7 +63,7 @@ at::Tensor flat_view(const at::Tensor& tensor);
 // into out; elements past the last parameter (padding) become zero.
 void copy_parameters_out(const FlatLayout& layout, int64_t begin, at::Tensor out);
 
-// Copies flat elements of a buffer that holds [begin, begin + in.numel()) of
+// Copies flat elements of a buffer that contains [begin, begin + in.numel()) of
 // the flat space back into the parameters; padding is skipped.
 void copy_parameters_in(const FlatLayout& layout, int64_t begin, const at::Tensor& in);
 
