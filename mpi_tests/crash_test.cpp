@@ -126,6 +126,16 @@ std::string read_file(const std::string& path) {
   return text.str();
 }
 
+// Returns the "loaded step ..." line of verify output, or "no outcome line".
+std::string outcome_line(const std::string& output) {
+  std::istringstream lines(output);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind("loaded ", 0) == 0) return line;
+  }
+  return "no outcome line";
+}
+
 class CrashDuringSave : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -203,7 +213,8 @@ TEST_F(CrashDuringSave, EveryKillPointLeavesLoadableStep) {
     EXPECT_EQ(status, 0) << "kill point " << point << " (" << delay_ms << " ms into step 2, "
                          << (all_ranks ? "all ranks" : "rank 1") << "): verify failed:\n"
                          << output << "\nsave log:\n" << read_file(dir + "/save.log");
-    summary += "  " + std::to_string(delay_ms) + " ms, " + (all_ranks ? "all ranks" : "rank 1") + ": " + output;
+    summary += "  " + std::to_string(delay_ms) + " ms, " + (all_ranks ? "all ranks" : "rank 1") + ": " +
+               outcome_line(output) + "\n";
   }
   std::cout << "step 2 took " << save_ms << " ms uninterrupted; outcomes by kill point:\n" << summary;
 }

@@ -68,10 +68,6 @@ class Errors : public ::testing::Test {
                                       << where();
   }
 
-  void skip_unless_several_ranks() {
-    if (world_size() < 2) GTEST_SKIP() << "needs at least 2 ranks to make the ranks disagree";
-  }
-
   SharedTempDir dir_{"errors"};
 };
 
@@ -93,9 +89,22 @@ TEST_F(Errors, RootUnderRegularFile) {
 }
 
 TEST_F(Errors, MissingRootIsCreated) {
-  const std::string nested = dir_.join("not/yet/there");
-  PersistenceManager manager(nested, options());
-  EXPECT_TRUE(fs::is_directory(nested)) << "the constructor must create " << nested << " on " << where();
+  const std::string fresh = dir_.join("fresh");
+  PersistenceManager manager(fresh, options());
+  EXPECT_TRUE(fs::is_directory(fresh)) << "the constructor must create " << fresh << " on " << where();
+}
+
+TEST_F(Errors, RootWithMissingParent) {
+  const std::string area = dir_.join("area");
+  if (world_rank() == 0) fs::create_directories(area);
+  barrier();
+  const auto before = list_tree(area);
+
+  // Only the last component is created, so a typo in a parent is reported.
+  EXPECT_TRUE(throws_error<Error>([&] { PersistenceManager manager(area + "/not/there", options()); },
+                                  {area + "/not"}))
+      << "root whose parent is missing on " << where();
+  expect_unchanged(before, area, "a root with a missing parent");
 }
 
 TEST_F(Errors, NegativeStep) {
@@ -150,7 +159,7 @@ TEST_F(Errors, SameNameTwiceInOneStep) {
 }
 
 TEST_F(Errors, RankDependentKeySet) {
-  skip_unless_several_ranks();
+  if (world_size() < 2) GTEST_SKIP() << "needs at least 2 ranks to make the ranks disagree";
   PersistenceManager manager(root(), options());
   const auto before = list_tree(root());
 
@@ -163,7 +172,7 @@ TEST_F(Errors, RankDependentKeySet) {
 }
 
 TEST_F(Errors, RankDependentShapeAndDtype) {
-  skip_unless_several_ranks();
+  if (world_size() < 2) GTEST_SKIP() << "needs at least 2 ranks to make the ranks disagree";
   PersistenceManager manager(root(), options());
   const auto before = list_tree(root());
   const bool last = world_rank() == world_size() - 1;
@@ -181,7 +190,7 @@ TEST_F(Errors, RankDependentShapeAndDtype) {
 }
 
 TEST_F(Errors, RankDependentStepAndName) {
-  skip_unless_several_ranks();
+  if (world_size() < 2) GTEST_SKIP() << "needs at least 2 ranks to make the ranks disagree";
   PersistenceManager manager(root(), options());
   const auto before = list_tree(root());
   const int rank = world_rank();
@@ -195,7 +204,7 @@ TEST_F(Errors, RankDependentStepAndName) {
 }
 
 TEST_F(Errors, InvalidArgumentOnOneRankOnly) {
-  skip_unless_several_ranks();
+  if (world_size() < 2) GTEST_SKIP() << "needs at least 2 ranks to make the ranks disagree";
   PersistenceManager manager(root(), options());
   const auto before = list_tree(root());
   const bool last = world_rank() == world_size() - 1;
@@ -310,16 +319,18 @@ TEST_F(Errors, CreateStrictAgainstSavedStates) {
   missing_request.config = YAML::Load("{type: error_net, hidden: 3}");
   manager.save_model(missing_request);
 
-  SaveModelRequest wider = model_request(1, "wider", states);
-  wider.config = YAML::Load("{type: error_net, hidden: 6}");
-  manager.save_model(wider);
+  StateDict reshaped = states;
+  reshaped["fc2.weight"] = at::zeros({2, 4}, at::kFloat);
+  SaveModelRequest reshaped_request = model_request(1, "reshaped", reshaped);
+  reshaped_request.config = YAML::Load("{type: error_net, hidden: 3}");
+  manager.save_model(reshaped_request);
 
   const auto resume = manager.load_last_step();
   ASSERT_TRUE(resume.has_value()) << where(1);
   EXPECT_TRUE(throws_error<StateMismatchError>([&] { resume->models.at("missing").create(at::kCPU); }, {"fc2.bias"}))
       << "a key the file lacks, " << where("fc2.bias", 1);
-  EXPECT_TRUE(throws_error<StateMismatchError>([&] { resume->models.at("wider").create(at::kCPU); }, {"fc1.weight"}))
-      << "a shape that differs from the file, " << where("fc1.weight", 1);
+  EXPECT_TRUE(throws_error<StateMismatchError>([&] { resume->models.at("reshaped").create(at::kCPU); }, {"fc2.weight"}))
+      << "a shape that differs from the file, " << where("fc2.weight", 1);
 }
 
 TEST_F(Errors, LoadIntoMismatchedTargets) {
