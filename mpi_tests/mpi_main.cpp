@@ -4,9 +4,9 @@
 // The exit status is nonzero on every rank when anything failed anywhere.
 //
 // A test that runs longer than PERSISTENCE_TEST_TIMEOUT_SECONDS (default 120)
-// aborts the whole job with a message naming the test and the rank, because a
-// collective that one rank never reaches would otherwise hang until ctest
-// kills the job without saying where it stopped.
+// aborts the whole job with a message naming the test and the rank. Without
+// this, a collective that one rank never reaches would hang until ctest kills
+// the job, and the output would not say where it stopped.
 
 #include <gtest/gtest.h>
 #include <mpi.h>
