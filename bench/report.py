@@ -30,6 +30,7 @@ class Results:
     def __init__(self, records):
         self.records = [r for r in records if "system" in r]
         self.loads = [r for r in records if r.get("record") == "load"]
+        self.source = next((r for r in records if r.get("record") == "source"), None)
 
     def runs(self, **match):
         """Records with run >= 0 whose fields equal every given value."""
@@ -398,7 +399,7 @@ def plot(results, path):
                 continue
             name = save_system if save_system != "torch.save" else "torch.save/load"
             positions = [x + (index - 1.5) * width for x in range(len(labels))]
-            axis.bar(positions, values, width, label=name)
+            axis.bar(positions, values, width, label=name, color=f"C{index}")
         axis.set_xticks(range(len(labels)))
         axis.set_xticklabels(labels)
         axis.set_ylabel("GiB/s")
@@ -451,6 +452,7 @@ def plot(results, path):
 def run_section(meta, results):
     loads = {entry["when"]: entry["load1"] for entry in results.loads}
     cold = results.cold(workload="transformer", system="persistence", operation="load")
+    source = results.source or meta["machine"]
     lines = [
         f"Run of {meta['date']}, mode {meta['mode']}, {meta['seconds']} s in total. "
         f"1-minute load average at start {loads.get('start', '?')}, middle {loads.get('middle', '?')}, "
@@ -458,9 +460,9 @@ def run_section(meta, results):
         "",
         f"Machine: {meta['machine']['nproc']} cores ({meta['machine']['cpu']}), {meta['machine']['memory']} "
         f"memory, disk `{meta['machine']['disk']}` mounted `{meta['machine']['mount_options']}`, Linux "
-        f"{meta['machine']['kernel']}, {meta['machine']['mpi']}. Library at commit {meta['machine']['commit']} "
-        f"with {meta['machine']['uncommitted_library_files']} uncommitted files under src/, include/ and "
-        "CMakeLists.txt.",
+        f"{meta['machine']['kernel']}, {meta['machine']['mpi']}. Library at commit {source['commit']} "
+        f"with {source['uncommitted_library_files']} uncommitted files under src/, include/ and "
+        "CMakeLists.txt when the run started.",
     ]
     return "\n".join(lines)
 

@@ -4,8 +4,8 @@
 # ranks, plus a rank sweep. Writes every measurement to build/bench/results.json,
 # a throughput plot, and (full mode) the tables of BENCHMARKS.md.
 #
-#   scripts/bench.sh            full mode, about 15 minutes on 2 cores
-#   scripts/bench.sh --quick    small sizes, under 2 minutes; leaves BENCHMARKS.md alone
+#   scripts/bench.sh            full mode, meant for 15 minutes on an idle 2-core machine
+#   scripts/bench.sh --quick    small sizes, meant for 2 minutes; leaves BENCHMARKS.md alone
 #
 # Options: --build-dir DIR (default build-bench), --out DIR (default build/bench),
 # --scratch DIR (parent of the temporary checkpoint directory, default /tmp),
@@ -81,6 +81,10 @@ note_load() {
 common=(--dir "$scratch" --out "$results" --runs "$runs" --mode "$mode")
 note_load start
 started=$(date +%s)
+# The library the programs were built from, so the results can be traced to it.
+commit=$(git -C "$repo_root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+changed=$(git -C "$repo_root" status --porcelain -- src include CMakeLists.txt 2>/dev/null | wc -l)
+echo "{\"record\": \"source\", \"commit\": \"$commit\", \"uncommitted_library_files\": $changed}" >> "$results"
 
 "$bench" --workload describe --scale "$scale" --small-count "$small_count" --out "$scratch/spec.json"
 reference() {  # reference <script> <ranks> <workload>

@@ -18,7 +18,7 @@ packages=(
   # Tests and benchmarks.
   libgtest-dev libgmock-dev libbenchmark-dev
   # Python clients that tests use to read step files, and plotting for benchmarks.
-  python3-h5py python3-torch python3-yaml python3-numpy python3-matplotlib
+  python3-h5py python3-h5py-mpi python3-mpi4py python3-torch python3-yaml python3-numpy python3-matplotlib
   # Text corpus that the demo trainer learns from.
   fortunes-min fortunes
 )
