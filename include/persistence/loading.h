@@ -10,7 +10,7 @@
 
 namespace persistence {
 
-// Returns model `name` from the newest step under path that holds it, or from
+// Returns model `name` from the newest step under path that contains it, or from
 // `step` when given. Path forms: "/abs/dir", "file:///abs/dir", and
 // "hdfs://namenode:port/dir" or "hdfs:///dir", whose step files are staged in
 // to the default local staging directory first (HDFS settings come from the

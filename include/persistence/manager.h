@@ -61,7 +61,7 @@ class PersistenceManager {
   // Collective. Stores the training config as <root>/config.yaml and in every later step file.
   void save_config(const YAML::Node& config);
 
-  // Collective. Returns the newest step that opens, verifies and holds every
+  // Collective. Returns the newest step that opens, verifies and contains every
   // required name; steps that fail are logged at warning level and skipped.
   std::optional<ResumeState> load_last_step(const StepRequirements& required = {});
 

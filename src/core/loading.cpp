@@ -19,7 +19,7 @@ namespace persistence {
 
 namespace {
 
-// Stages the remote steps of an hdfs:// path in, newest first, until one holds model name.
+// Stages the remote steps of an hdfs:// path in, newest first, until one contains model name.
 PersistedModel load_remote_model(const std::string& path, const std::string& name, std::optional<int64_t> step) {
   detail::HdfsConfig config = detail::HdfsConfig::from_environment();
   detail::StorageLocation location = detail::open_storage(path, config);

@@ -54,7 +54,7 @@ void copy_file(const std::string& from, const std::string& to);
 // Writes content to path through a temporary file and a durable rename.
 void write_file_atomically(const std::string& path, const std::string& content);
 
-// Free bytes for unprivileged users on the file system that holds dir.
+// Free bytes for unprivileged users on the file system that contains dir.
 uint64_t free_bytes(const std::string& dir);
 
 }  // namespace persistence::detail

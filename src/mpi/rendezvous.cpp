@@ -44,7 +44,7 @@ std::string describe(const Arrival& arrival) {
   return std::string(arrival.call) + " (call " + std::to_string(arrival.sequence) + ")";
 }
 
-// Rank 0: collects arrivals, compares them, answers every rank that arrived.
+// Rank 0: collects arrivals, compares them, and replies to every rank that arrived.
 void judge(const Communicator& comm, const Arrival& mine, std::chrono::steady_clock::time_point deadline,
            std::chrono::milliseconds timeout) {
   auto ranks = static_cast<size_t>(comm.size());
@@ -115,7 +115,7 @@ void rendezvous(const Communicator& comm, uint64_t sequence, const std::string& 
   Verdict verdict;
   MPI_Request request = MPI_REQUEST_NULL;
   check_mpi(MPI_Irecv(&verdict, sizeof(Verdict), MPI_BYTE, 0, kVerdictTag, comm.get(), &request), "MPI_Irecv");
-  // Rank 0 answers at its own deadline at the latest; allow it a margin.
+  // Rank 0 replies at its own deadline at the latest; allow it a margin.
   if (!wait_until(request, deadline + timeout / 10 + std::chrono::seconds(1))) {
     MPI_Cancel(&request);
     MPI_Request_free(&request);
