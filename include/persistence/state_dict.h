@@ -1,5 +1,5 @@
-// State dicts as the library saves and loads them: full tensors, which every
-// rank holds as the same copy, and sharded tensors, which hold this rank's
+// State dicts as the library saves and loads them: full tensors, of which every
+// rank has the same copy, and sharded tensors, which contain this rank's
 // pieces of a larger global tensor.
 #pragma once
 

@@ -1,5 +1,5 @@
 // The background I/O thread of a manager. Parallel HDF5 is not thread-safe,
-// so this thread owns every HDF5 and MPI-IO call of background saves; jobs run
+// so this thread owns every HDF5 and MPI-IO call of background saves. Jobs run
 // one at a time in submission order, which is the same on every rank.
 #pragma once
 

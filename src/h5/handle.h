@@ -14,8 +14,8 @@
 
 namespace persistence::detail::h5 {
 
-// The process-wide lock around HDF5 use. The background I/O thread holds it
-// for a whole save; readers on other threads hold it for a whole read.
+// Returns the process-wide lock around HDF5 use. The background I/O thread
+// keeps it for a whole save, and readers on other threads for a whole read.
 std::recursive_mutex& library_mutex();
 using LibraryLock = std::lock_guard<std::recursive_mutex>;
 

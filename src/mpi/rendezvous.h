@@ -1,6 +1,6 @@
 // The check at the start of every collective manager call: all ranks must
 // make the same call, and must arrive within a timeout. Rank 0 collects one
-// arrival message per rank and answers each with a verdict, so a mismatch or a
+// arrival message per rank and replies to each with a verdict, so a mismatch or a
 // rank that never comes becomes an error on every rank that arrived, naming
 // the call and the ranks, instead of a hang.
 #pragma once

@@ -15,7 +15,7 @@
 
 namespace persistence::detail {
 
-// One key as one rank sees it.
+// One key as one rank describes it.
 struct KeyView {
   std::string key;
   c10::ScalarType dtype = c10::ScalarType::Float;
@@ -60,9 +60,9 @@ struct PlanCache {
 // pieces overlap or leave a gap. views must be sorted by key.
 Plan exchange_plan(const Communicator& comm, const std::vector<KeyView>& views, PlanUse use);
 
-// The transfers rank makes for key, in order. Full tensors of a save are
-// spread over ranks (large ones split evenly, small ones whole on one rank);
-// when reading, every rank reads the full tensor.
+// Returns the transfers rank makes for key, in order. On save, full tensors
+// are spread over ranks: large ones split evenly, small ones whole on one
+// rank. On load, every rank reads the full tensor.
 std::vector<Transfer> transfers_for(const Plan& plan, size_t key_index, int rank, PlanUse use,
                                     int64_t max_elements);
 
