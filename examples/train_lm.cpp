@@ -4,8 +4,13 @@
 //   mpiexec -n 2 build/bin/train_lm --save-dir /tmp/run --steps 120 --save-every 20
 //
 // Every rank computes gradients on its own batch; an MPI_Allreduce averages
-// them, so the replicas stay identical. Every --save-every steps the model, an
-// EMA of its weights (as bfloat16) and the AdamW state go into the step file.
+// them, so the replicas stay identical. AdamW runs under ZeRO stage 1
+// (persistence::ZeroRedundancyOptimizer): each rank keeps the moments of one
+// range of the flattened parameters only, updates that range and all-gathers
+// the result. Every --save-every steps the model, an EMA of its weights (as
+// bfloat16) and the sharded AdamW state go into the step file, each rank
+// writing its own range of every moment. A run may resume on another number
+// of ranks: the moments are read back in the new ranges.
 // Started again on the same directory, the run resumes from the newest complete
 // step. With the same seed and world size, a resumed run prints the same
 // losses, bit for bit, as a run that was never stopped. That is so because
@@ -23,10 +28,10 @@
 
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/cat.h>
 #include <ATen/ops/cross_entropy_loss.h>
 #include <ATen/ops/empty.h>
 #include <torch/optim/adamw.h>
+#include <torch/optim/optimizer.h>
 
 #include <CLI/CLI.hpp>
 #include <mpi.h>
@@ -166,27 +171,6 @@ double learning_rate(const TrainOptions& options, int64_t step) {
   return floor + (options.lr - floor) * 0.5 * (1.0 + std::cos(std::numbers::pi * progress));
 }
 
-// Replaces every gradient by its mean over the ranks, in one MPI_Allreduce.
-void average_gradients(const std::vector<at::Tensor>& params, const World& world) {
-  std::vector<at::Tensor> grads;
-  grads.reserve(params.size());
-  for (const auto& param : params) {
-    grads.push_back(param.grad().reshape({-1}));
-  }
-  at::Tensor flat = at::cat(grads).contiguous();
-  check_mpi(MPI_Allreduce(MPI_IN_PLACE, flat.data_ptr<float>(), static_cast<int>(flat.numel()), MPI_FLOAT, MPI_SUM,
-                          MPI_COMM_WORLD),
-            "MPI_Allreduce of the gradients");
-  flat.div_(world.size);
-
-  int64_t offset = 0;
-  for (const auto& param : params) {
-    const int64_t n = param.numel();
-    param.grad().copy_(flat.slice(0, offset, offset + n).view_as(param));
-    offset += n;
-  }
-}
-
 double mean_over_ranks(double value, const World& world) {
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce of the loss");
   return value / world.size;
@@ -264,7 +248,7 @@ struct Trainer {
   char_lm::TextCorpus corpus;
   std::shared_ptr<char_lm::CharTransformer> model;
   std::shared_ptr<char_lm::CharTransformer> ema;
-  std::unique_ptr<torch::optim::AdamW> optimizer;
+  std::unique_ptr<persistence::ZeroRedundancyOptimizer> optimizer;
   YAML::Node model_config;
 };
 
@@ -276,9 +260,13 @@ Trainer make_trainer(const TrainOptions& options, const World& world) {
   auto model = std::make_shared<char_lm::CharTransformer>(options.model);
   auto ema = std::make_shared<char_lm::CharTransformer>(options.model);
   copy_parameters(*model, *ema);
-  auto optimizer = std::make_unique<torch::optim::AdamW>(
-      model->parameters(),
-      torch::optim::AdamWOptions(options.lr).betas({0.9, 0.95}).weight_decay(options.weight_decay));
+  const double lr = options.lr;
+  const double weight_decay = options.weight_decay;
+  auto optimizer = std::make_unique<persistence::ZeroRedundancyOptimizer>(
+      *model, [lr, weight_decay](std::vector<at::Tensor> shard) -> std::unique_ptr<torch::optim::Optimizer> {
+        return std::make_unique<torch::optim::AdamW>(
+            std::move(shard), torch::optim::AdamWOptions(lr).betas({0.9, 0.95}).weight_decay(weight_decay));
+      });
   return Trainer{options, world, std::move(corpus), model, ema, std::move(optimizer), options.model.to_yaml()};
 }
 
@@ -302,15 +290,15 @@ int64_t resume(persistence::PersistenceManager& manager, Trainer& trainer) {
   // The EMA was saved as bfloat16; it continues from those rounded values.
   persistence::set_model_states(*trainer.ema, state->models.at("ema").states.load(torch::kCPU));
   const auto& optimizer = state->optimizers.at("optimizer");
-  persistence::set_optimizer_states(*trainer.optimizer, *trainer.model, optimizer.states.load(torch::kCPU),
-                                    optimizer.param_groups.load());
+  // Each rank reads only its range of every moment, whatever the world size of the saving run.
+  persistence::set_optimizer_states(*trainer.optimizer, optimizer.states, optimizer.param_groups.load());
   return state->step;
 }
 
 // One data-parallel step; returns the mean loss over the ranks.
 double train_step(Trainer& trainer, int64_t step) {
   const TrainOptions& options = trainer.options;
-  for (auto& group : trainer.optimizer->param_groups()) {
+  for (auto& group : trainer.optimizer->inner().param_groups()) {
     group.options().set_lr(learning_rate(options, step));
   }
 
@@ -318,7 +306,7 @@ double train_step(Trainer& trainer, int64_t step) {
   trainer.optimizer->zero_grad();
   const at::Tensor loss = batch_loss(*trainer.model, batch);
   loss.backward();
-  average_gradients(trainer.model->parameters(), trainer.world);
+  trainer.optimizer->average_gradients();
   trainer.optimizer->step();
   update_ema(*trainer.model, *trainer.ema, options.ema_decay);
 
@@ -340,7 +328,7 @@ void save_step(persistence::PersistenceManager& manager, Trainer& trainer, int64
                       .blocking = false});
   manager.save_optimizer({.step = step,
                           .name = "optimizer",
-                          .states = persistence::get_optimizer_states(*trainer.optimizer, *trainer.model),
+                          .states = persistence::get_optimizer_states(*trainer.optimizer),
                           .dtype = std::nullopt,
                           .blocking = false});
 }
