@@ -214,7 +214,10 @@ void agree(const Communicator& comm, std::exception_ptr local_failure) {
   ErrorContext context{parts[2], parts[3], std::nullopt, std::atoi(parts[6].c_str())};
   if (!parts[4].empty()) context.step = std::atoll(parts[4].c_str());
   std::string problem = parts[1];
-  if (failures > 1) {
+  // An error that an earlier agreement produced (a background write's, thrown
+  // again by the next manager call) already names the failing ranks.
+  const bool ranks_named = problem.find(" ranks; this message is from the lowest]") != std::string::npos;
+  if (failures > 1 && !ranks_named) {
     problem += " [failed on " + std::to_string(failures) + " of " + std::to_string(comm.size()) +
                " ranks; this message is from the lowest]";
   }
