@@ -96,7 +96,7 @@ void check_mpi(int code, const char* call) {
 std::optional<int> parse_options(int argc, char** argv, const World& world, TrainOptions& options) {
   CLI::App app{"Data-parallel character-level transformer trainer with persistence checkpoints"};
   app.add_option("--data", options.data, "directory of fortune text files")->capture_default_str();
-  app.add_option("--save-dir", options.save_dir, "checkpoint directory; a run there is resumed")->required();
+  app.add_option("--save-dir", options.save_dir, "checkpoint directory or hdfs:// URI; a run there is resumed")->required();
   app.add_option("--steps", options.steps, "train until this step")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--save-every", options.save_every, "save every this many steps (and at the last step)")
       ->capture_default_str()
@@ -138,7 +138,10 @@ std::optional<int> parse_options(int argc, char** argv, const World& world, Trai
     }
     return 2;
   }
-  options.save_dir = std::filesystem::absolute(options.save_dir).lexically_normal().string();
+  // A URI such as hdfs://namenode/run is passed on unchanged; only local paths are made absolute.
+  if (options.save_dir.find("://") == std::string::npos) {
+    options.save_dir = std::filesystem::absolute(options.save_dir).lexically_normal().string();
+  }
   return std::nullopt;
 }
 
