@@ -212,6 +212,40 @@ TEST_F(RoundTrip, AsyncSaveKeepsValuesAtCallTime) {
   EXPECT_TRUE(bitwise_equal(original, loaded.at("weight"))) << where("weight", 6);
 }
 
+// Full tensors of 4 MiB and more are split over the ranks, and an asynchronous
+// save stages only the part each rank writes. Odd element counts make the
+// parts uneven; the transposed tensor is not contiguous.
+TEST_F(RoundTrip, AsyncSaveOfLargeFullTensors) {
+  StateDict states = every_dtype_states();
+  states["large.float32"] = deterministic_tensor({1099, 1001}, at::kFloat, 4.0);
+  states["large.float64.transposed"] = deterministic_tensor({1001, 601}, at::kDouble, 5.0).t();
+  states["large.int64"] = at::arange(0, 600001, at::kLong).reshape({600001});
+  StateDict originals;
+  for (const auto& [key, value] : states) originals[key] = std::get<at::Tensor>(value).clone();
+
+  PersistenceManager manager(root(), options());
+  manager.save_model({.step = 7, .name = "model", .config = YAML::Load("{type: none}"), .states = states});
+  manager.save_model({.step = 7, .name = "half", .config = YAML::Load("{type: none}"), .states = states,
+                      .dtype = at::kBFloat16});
+  for (const auto& [key, value] : states) std::get<at::Tensor>(value).zero_();
+  manager.wait();
+
+  const auto resume = manager.load_last_step();
+  ASSERT_TRUE(resume.has_value()) << where(7);
+  ASSERT_EQ(resume->models.count("model"), 1u) << "model missing at " << where(7);
+  ASSERT_EQ(resume->models.count("half"), 1u) << "half missing at " << where(7);
+  expect_same_states(originals, resume->models.at("model").states.load(at::kCPU), 7);
+
+  const TensorDict half = resume->models.at("half").states.load(at::kCPU);
+  for (const auto& [key, value] : originals) {
+    const at::Tensor& original = std::get<at::Tensor>(value);
+    const auto found = half.find(key);
+    ASSERT_NE(found, half.end()) << "half: " << where(key, 7);
+    const at::Tensor expected = c10::isFloatingType(original.scalar_type()) ? original.to(at::kBFloat16) : original;
+    EXPECT_TRUE(bitwise_equal(expected, found->second)) << "half: " << where(key, 7);
+  }
+}
+
 TEST_F(RoundTrip, ModelsAndOptimizerInOneStep) {
   TinyNet net(4, 3, 2);
   torch::optim::Adam adam(net.parameters(), torch::optim::AdamOptions(0.01));

@@ -76,7 +76,10 @@ class PersistenceManager {
   // Collective. Seals the current step: no later save may add to it.
   void commit();
 
-  // Collective. Waits for pending saves and rethrows their errors.
+  // Collective. Waits for pending saves and rethrows their errors. For an
+  // hdfs:// path it does not wait for stage-outs, because they run in the
+  // background so that uploads never block training. It does rethrow the
+  // error of a stage-out that has already failed. close() waits for stage-outs.
   void wait();
 
   // Collective. wait() then commit(). Later calls do nothing.

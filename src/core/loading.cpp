@@ -20,8 +20,9 @@ namespace persistence {
 namespace {
 
 // Stages the remote steps of an hdfs:// path in, newest first, until one contains model name.
-PersistedModel load_remote_model(const std::string& path, const std::string& name, std::optional<int64_t> step) {
-  detail::HdfsConfig config = detail::HdfsConfig::from_environment();
+PersistedModel load_remote_model(const std::string& path, const std::string& name, std::optional<int64_t> step,
+                                 const HdfsOptions& hdfs) {
+  detail::HdfsConfig config = detail::HdfsConfig::resolve(hdfs);
   detail::StorageLocation location = detail::open_storage(path, config);
   std::vector<int64_t> steps = detail::list_remote_steps(*location.storage, location.dir);
   if (step) {
@@ -51,8 +52,9 @@ PersistedModel load_remote_model(const std::string& path, const std::string& nam
 
 }  // namespace
 
-PersistedModel load_model_from_path(const std::string& path, const std::string& name, std::optional<int64_t> step) {
-  if (detail::is_hdfs_uri(path)) return load_remote_model(path, name, step);
+PersistedModel load_model_from_path(const std::string& path, const std::string& name, std::optional<int64_t> step,
+                                    const HdfsOptions& hdfs) {
+  if (detail::is_hdfs_uri(path)) return load_remote_model(path, name, step, hdfs);
   std::string root = detail::local_root(path);
   std::vector<int64_t> steps = detail::list_steps(root);
   if (step) {
@@ -89,11 +91,11 @@ PersistedModel load_model_from_path(const std::string& path, const std::string& 
 }
 
 PersistedModel load_model_from_task(const std::string& task_id, const std::string& name, std::optional<int64_t> step,
-                                    const std::string& registry_dir) {
+                                    const std::string& registry_dir, const HdfsOptions& hdfs) {
   ManagerOptions options;
   options.registry_dir = registry_dir;
-  std::string root = detail::resolve_task(options.resolved().registry_dir, task_id);
-  return load_model_from_path(root, name, step);
+  std::string root = detail::resolve_task(options.resolved().registry_dir, task_id, hdfs);
+  return load_model_from_path(root, name, step, hdfs);
 }
 
 }  // namespace persistence

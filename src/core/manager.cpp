@@ -8,6 +8,7 @@
 #include "core/task_registry.h"
 #include "format/layout.h"
 #include "h5/handle.h"
+#include "io/phase_trace.h"
 #include "io/step_files.h"
 #include "io/step_reader.h"
 #include "io/step_writer.h"
@@ -30,6 +31,7 @@
 #include <limits>
 #include <map>
 #include <filesystem>
+#include <mutex>
 #include <set>
 
 namespace persistence {
@@ -94,7 +96,8 @@ class PersistenceManager::Impl {
     run_agreed(comm_, [&] { detail::check_task_id(task_id_); });
     if (comm_.rank() == 0) {
       try {
-        detail::record_task(options_.registry_dir, task_id_, remote_ ? save_path_ : root_, comm_.size());
+        detail::record_task(options_.registry_dir, task_id_, remote_ ? save_path_ : root_, comm_.size(),
+                            options_.hdfs);
       } catch (const Error& error) {
         logger().warn("Task {} is not recorded in the task registry: {}", task_id_, error.what());
       }
@@ -161,13 +164,18 @@ class PersistenceManager::Impl {
     bool background = worker_ != nullptr && !blocking;
     std::shared_ptr<detail::StagingArena> arena;
     if (background) {
-      arena = reserve_staging(entry, detail::staging_bytes(states, dtype));
+      // Each rank stages only the part of each full tensor that it writes.
+      detail::StagedShare share{comm_.rank(), comm_.size()};
+      arena = reserve_staging(entry, detail::staging_bytes(states, dtype, share));
+      // The write waited for above may have failed. Report it from this call,
+      // because the I/O thread would skip this save with only a log message.
+      check_background_failure();
       run_agreed(comm_, [&] {
         detail::add_states(job, states, dtype, [&](const at::Tensor& source, c10::ScalarType stored) {
           at::Tensor copy = arena->take(source.sizes(), stored);
           copy.copy_(source.detach());
           return copy;
-        });
+        }, share);
       });
     } else {
       run_agreed(comm_, [&] { detail::add_states(job, states, dtype, detail::reference_or_convert); });
@@ -285,7 +293,7 @@ class PersistenceManager::Impl {
 
   // Rank 0 only: the remote storage and the thread that stages step files out.
   void open_remote(const std::string& path) {
-    detail::HdfsConfig config = detail::HdfsConfig::from_environment();
+    detail::HdfsConfig config = detail::HdfsConfig::resolve(options_.hdfs);
     detail::StorageLocation location = detail::open_storage(path, config);
     storage_ = std::move(location.storage);
     remote_dir_ = location.dir;
@@ -303,18 +311,31 @@ class PersistenceManager::Impl {
 
   // Queues, behind the writes of step, its stage-out on rank 0's stage thread,
   // then remote retention and the removal of local copies already staged out.
+  // A failure is recorded in stage_failure_ instead of failing the stage
+  // thread, because the thread would then skip the stage-outs of later steps,
+  // which do not depend on this one.
   void queue_stage_out(int64_t step) {
     if (comm_.rank() != 0) return;
     auto stage = [this, step] {
       std::string name = detail::step_file_name(step);
       std::string local = root_ + "/" + name;
       if (!std::filesystem::exists(local)) return;  // its saves failed; nothing was committed
-      auto started = std::chrono::steady_clock::now();
-      detail::stage_out(*storage_, local, remote_dir_, name, retry_, true);
-      double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-      logger().info("Staged out step {} to {} in {:.3f} s", step, save_path_, seconds);
-      staged_out_.insert(step);
-      prune_after_stage_out();
+      try {
+        auto started = std::chrono::steady_clock::now();
+        detail::stage_out(*storage_, local, remote_dir_, name, retry_, true);
+        double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        logger().info("Staged out step {} to {} in {:.3f} s", step, save_path_, seconds);
+        staged_out_.insert(step);
+        prune_after_stage_out();
+      } catch (const std::exception& error) {
+        logger().error("The stage-out of step {} to {} failed: {}", step, save_path_, error.what());
+        std::lock_guard<std::mutex> lock(stage_failure_mutex_);
+        if (!stage_failure_) {
+          stage_failure_ = std::make_pair(
+              detail::JobLabel{0, step, "the stage-out of step " + std::to_string(step)},
+              std::current_exception());
+        }
+      }
     };
     auto hand_over = [this, step, stage] {
       if (!stage_worker_) return;
@@ -410,14 +431,24 @@ class PersistenceManager::Impl {
     return arena;
   }
 
-  // Collective over comm_. When a save failed on any rank, every rank drains
-  // its queue (so all ranks hold the same outcome), forgets the failure and
-  // throws it, naming the save and step. The step being saved is sealed, so
-  // the next save starts a new file rather than extend a failed one.
+  // Collective over comm_. When a save or a stage-out failed on any rank,
+  // every rank drains its queues (so all ranks hold the same outcome), clears
+  // the failure and throws it, naming the save and step. After a failed save
+  // the step being saved is sealed, so the next save starts a new file rather
+  // than extend a failed one. A failed stage-out alone leaves the open step
+  // open: its writes succeeded, and it is staged out when it is sealed.
   void check_background_failure() {
-    auto current = [&] {
-      auto failure = worker_ ? worker_->failure() : failure_;
+    auto save_failure = [&] { return worker_ ? worker_->failure() : failure_; };
+    // A stage job that escaped its own catch (not a std::exception) fails the stage thread instead.
+    auto stage_failure = [&] {
+      std::lock_guard<std::mutex> lock(stage_failure_mutex_);
+      auto failure = stage_failure_;
       if (!failure && stage_worker_) failure = stage_worker_->failure();
+      return failure;
+    };
+    auto current = [&] {
+      auto failure = save_failure();
+      if (!failure) failure = stage_failure();
       return failure;
     };
     if (comm_.allreduce_max(current() ? 1 : 0) == 0) return;
@@ -425,25 +456,38 @@ class PersistenceManager::Impl {
     if (stage_worker_) stage_worker_->drain();
 
     auto failure = current();
+    // Only rank 0 stages out; a failed stage-out leaves its step complete in the staging directory.
+    const bool stage_out_failed = failure && !save_failure();
+    const bool any_save_failed = comm_.allreduce_max(save_failure() ? 1 : 0) != 0;
     if (worker_) {
       worker_->clear_failure();
     } else {
       failure_.reset();
     }
     if (stage_worker_) stage_worker_->clear_failure();
-    seal(false);  // the failed step may be partial: no retention against it
+    {
+      std::lock_guard<std::mutex> lock(stage_failure_mutex_);
+      stage_failure_.reset();
+    }
+    if (any_save_failed) seal(false);  // the failed step may be partial: no retention against it
 
     std::exception_ptr local;
     if (failure) {
       const detail::JobLabel& label = failure->first;
       std::string advice = "The step was not committed; earlier steps are intact";
+      std::string problem_prefix = "The save of " + label.description + " failed: ";
+      if (stage_out_failed) {
+        advice = "The step stays complete in the staging directory " + root_ +
+                 ", and load_last_step() resumes from it there; it is not staged out again";
+        problem_prefix.clear();  // the stage-out error names the step file and the remote path
+      }
       try {
         std::rethrow_exception(failure->second);
       } catch (const Error& error) {
         // Keep the error's class: an invalid plan stays a CollectiveError.
         ErrorContext context = error.context();
         context.step = label.step;
-        local = detail::make_error(error.kind(), "The save of " + label.description + " failed: " + error.problem(),
+        local = detail::make_error(error.kind(), problem_prefix + error.problem(),
                                    context, error.advice().empty() ? advice : error.advice() + ". " + advice);
       } catch (const std::exception& error) {
         local = std::make_exception_ptr(IoError("The save of " + label.description + " failed: " + error.what(),
@@ -471,10 +515,15 @@ class PersistenceManager::Impl {
       std::vector<int64_t> committed = detail::list_steps(root);
       if (committed.empty() || committed.back() < sealed_step) return;
 
-      // The newest step must open as a step file before anything older goes.
-      detail::read_step_info(root + "/" + detail::step_file_name(committed.back()));
+      // The newest step must open as a step file and pass every checksum
+      // before anything older goes; this rank alone reads it back.
+      std::string newest = root + "/" + detail::step_file_name(committed.back());
+      detail::trace_phase(detail::phase::kRetention, rank, committed.back(), "retention", "");
+      detail::read_step_info(newest);
+      detail::verify_step(Communicator::borrow(MPI_COMM_SELF), newest);
       for (int64_t step : detail::steps_to_remove(committed, keep_last, keep_every)) {
         std::string path = root + "/" + detail::step_file_name(step);
+        detail::trace_phase(detail::phase::kRemove, rank, step, "retention", "");
         if (std::remove(path.c_str()) != 0) {
           logger().warn("Retention could not remove {}: {}", path, std::strerror(errno));
           continue;
@@ -482,6 +531,7 @@ class PersistenceManager::Impl {
         logger().info("Retention removed step {} ({})", step, path);
       }
       detail::sync_path(root);
+      detail::trace_phase(detail::phase::kPruned, rank, committed.back(), "retention", "");
     };
     if (!worker_) {
       try {
@@ -570,6 +620,9 @@ class PersistenceManager::Impl {
   detail::RetryPolicy retry_;
   std::set<int64_t> staged_out_;  // touched by the stage thread only
   uint64_t stage_jobs_ = 0;
+  std::mutex stage_failure_mutex_;
+  // The first failed stage-out not yet reported; set by the stage thread.
+  std::optional<std::pair<detail::JobLabel, std::exception_ptr>> stage_failure_;
   std::unique_ptr<detail::IoWorker> stage_worker_;  // declared last: stops first
 };
 

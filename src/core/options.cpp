@@ -25,7 +25,8 @@ std::string default_registry_dir() {
 // The one place where the library reads its environment variables:
 // PERSISTENCE_TASK_ID, PERSISTENCE_REGISTRY, PERSISTENCE_COLLECTIVE_TIMEOUT,
 // PERSISTENCE_STAGING_DIR, TMPDIR, XDG_CACHE_HOME and HOME. The HDFS settings
-// are read by HdfsConfig::from_environment.
+// fall back to environment variables in HdfsConfig::resolve (src/storage), only
+// for hdfs:// paths.
 ManagerOptions ManagerOptions::resolved() const {
   ManagerOptions result = *this;
   if (result.task_id.empty()) result.task_id = environment("PERSISTENCE_TASK_ID");

@@ -2,6 +2,7 @@
 
 #include "core/staging.h"
 #include "format/dtype.h"
+#include "shard/plan.h"
 
 #include <persistence/errors.h>
 
@@ -58,11 +59,29 @@ at::Tensor reference_or_convert(const at::Tensor& source, c10::ScalarType stored
   return result.contiguous();
 }
 
-std::size_t staging_bytes(const StateDict& states, std::optional<c10::ScalarType> dtype) {
+namespace {
+
+// The elements of the full tensor at key_index that share keeps, or all of them without one.
+FlatRange staged_range(const at::Tensor& tensor, c10::ScalarType stored, size_t key_index,
+                       const std::optional<StagedShare>& share) {
+  if (!share) return FlatRange{0, tensor.numel()};
+  Shape shape(tensor.sizes().begin(), tensor.sizes().end());
+  return full_tensor_share(shape, stored, key_index, share->world_size, share->rank);
+}
+
+}  // namespace
+
+std::size_t staging_bytes(const StateDict& states, std::optional<c10::ScalarType> dtype,
+                          std::optional<StagedShare> share) {
   std::size_t total = 0;
+  size_t index = 0;
   for (const auto& [key, value] : states) {
+    size_t key_index = index++;
     if (const auto* tensor = std::get_if<at::Tensor>(&value)) {
-      if (tensor->defined()) total += StagingArena::footprint(tensor->numel(), stored_dtype(tensor->scalar_type(), dtype));
+      if (!tensor->defined()) continue;
+      c10::ScalarType stored = stored_dtype(tensor->scalar_type(), dtype);
+      FlatRange range = staged_range(*tensor, stored, key_index, share);
+      total += StagingArena::footprint(range.end - range.begin, stored);
       continue;
     }
     const auto& sharded = std::get<ShardedTensor>(value);
@@ -74,7 +93,7 @@ std::size_t staging_bytes(const StateDict& states, std::optional<c10::ScalarType
 }
 
 void add_states(SaveJob& job, const StateDict& states, std::optional<c10::ScalarType> dtype,
-                const Materializer& materialize) {
+                const Materializer& materialize, std::optional<StagedShare> share) {
   if (dtype && !c10::isFloatingType(*dtype)) {
     throw InvalidArgumentError("Save dtype " + std::string(c10::toString(*dtype)) + " is not a floating dtype", {},
                                "Pass a floating dtype such as torch::kBFloat16, or none");
@@ -85,10 +104,17 @@ void add_states(SaveJob& job, const StateDict& states, std::optional<c10::Scalar
     KeyView view;
     view.key = key;
     std::vector<at::Tensor> pieces;
+    int64_t first_element = 0;
     if (const auto* tensor = std::get_if<at::Tensor>(&value)) {
       view.dtype = stored_dtype(tensor->scalar_type(), dtype);
       view.shape.assign(tensor->sizes().begin(), tensor->sizes().end());
-      pieces.push_back(materialize(*tensor, view.dtype));
+      FlatRange range = staged_range(*tensor, view.dtype, job.views.size(), share);
+      if (range.begin == 0 && range.end == tensor->numel()) {
+        pieces.push_back(materialize(*tensor, view.dtype));
+      } else {
+        pieces.push_back(materialize(tensor->detach().reshape({-1}).slice(0, range.begin, range.end), view.dtype));
+        first_element = range.begin;
+      }
       job.source_dtypes.push_back(tensor->scalar_type());
     } else {
       const auto& sharded = std::get<ShardedTensor>(value);
@@ -103,6 +129,7 @@ void add_states(SaveJob& job, const StateDict& states, std::optional<c10::Scalar
     }
     job.views.push_back(std::move(view));
     job.pieces.push_back(std::move(pieces));
+    job.full_offsets.push_back(first_element);
   }
 }
 

@@ -90,4 +90,8 @@ uint64_t checksum_finish(uint64_t sum, uint64_t total_bytes) {
   return z ^ (z >> 31);
 }
 
+uint64_t text_checksum(const std::string& text) {
+  return checksum_finish(checksum_piece(text.data(), 0, text.size()), text.size());
+}
+
 }  // namespace persistence::detail

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace persistence::detail {
 
@@ -21,5 +22,8 @@ uint64_t checksum_piece(const void* data, uint64_t offset, uint64_t length);
 
 // Returns the stored checksum of a tensor of total_bytes bytes whose pieces sum to sum.
 uint64_t checksum_finish(uint64_t sum, uint64_t total_bytes);
+
+// Returns the stored checksum of a text dataset's bytes (the YAML configs).
+uint64_t text_checksum(const std::string& text);
 
 }  // namespace persistence::detail

@@ -184,7 +184,8 @@ void copy_file(const std::string& from, const std::string& to) {
     remaining -= static_cast<uint64_t>(copied);
   }
   if (remaining != 0) throw IoError("Copy ended early", ErrorContext{to, {}, {}, {}});
-  if (::fsync(out.get()) != 0) fail_errno("fsync failed", to, errno);
+  // No fsync here: the copy is a temporary file, and the commit syncs the whole
+  // file before renaming it, which covers these pages too.
 }
 
 void write_file_atomically(const std::string& path, const std::string& content) {

@@ -48,7 +48,7 @@ void sync_path(const std::string& path);
 // Renames from to to, then syncs the directory, so the new name survives a crash.
 void rename_durably(const std::string& from, const std::string& to);
 
-// Copies a file's bytes with copy_file_range, then syncs the copy.
+// Copies a file's bytes with copy_file_range, without syncing the copy.
 void copy_file(const std::string& from, const std::string& to);
 
 // Writes content to path through a temporary file and a durable rename.

@@ -24,6 +24,8 @@ ErrorContext file_context(const std::string& path, const std::string& key = {}) 
 }
 
 h5::Handle open_step_locally(const std::string& path) {
+  // Loads without a manager must not print HDF5 error stacks either; failures become exceptions.
+  h5::silence_errors();
   try {
     return open_local_file(path);
   } catch (const IoError& error) {
@@ -59,7 +61,15 @@ StoredTensor describe_dataset(hid_t dataset, const std::string& hdf5_path, const
                               const std::string& path) {
   StoredTensor stored;
   stored.dataset = hdf5_path;
-  stored.key = h5::read_string_attribute(dataset, layout::kAttrKey).value_or(link_key);
+  stored.key = link_key;
+  // The key attribute lives in HDF5's global heap, which has no checksum, while
+  // the link name sits in checksummed metadata, so a damaged attribute must
+  // not rename the tensor.
+  auto key_attribute = h5::read_string_attribute(dataset, layout::kAttrKey);
+  if (key_attribute && *key_attribute != link_key) {
+    throw FormatError("Dataset's key attribute does not match its link name '" + link_key + "'",
+                      file_context(path, link_key), "The file is damaged; load an earlier step");
+  }
   auto dtype_text = h5::read_string_attribute(dataset, layout::kAttrTorchDtype);
   auto dtype = dtype_text ? dtype_from_name(*dtype_text) : std::nullopt;
   if (!dtype) {
@@ -146,6 +156,33 @@ at::Tensor read_full(hid_t file, const StoredTensor& stored, const std::string& 
   return tensor;
 }
 
+// Reads a YAML text dataset and, when it has a checksum attribute (files
+// written since text checksums were added), verifies it.
+std::string read_checked_text(hid_t file, const std::string& dataset, const std::string& path) {
+  std::string text = h5::read_text_dataset(file, dataset, H5P_DEFAULT, path);
+  h5::Handle handle =
+      h5::dataset_handle(h5::check_id(H5Dopen2(file, dataset.c_str(), H5P_DEFAULT), "H5Dopen2", path));
+  auto stored = h5::read_uint64_attribute(handle.get(), layout::kAttrChecksum);
+  if (stored && *stored != text_checksum(text)) {
+    throw IntegrityError("Checksum mismatch in text dataset '" + dataset + "': the file stores " +
+                             std::to_string(*stored) + " but the text read gives " + std::to_string(text_checksum(text)),
+                         file_context(path), "The file is damaged; load an earlier step");
+  }
+  return text;
+}
+
+// Verifies the training config and the config of every saved model and optimizer.
+void verify_texts(hid_t file, const std::string& path) {
+  if (h5::link_exists(file, layout::kConfig)) read_checked_text(file, std::string("/") + layout::kConfig, path);
+  for (const char* kind : {layout::kModels, layout::kOptimizers}) {
+    const char* text_name = kind == layout::kModels ? layout::kConfig : layout::kParamGroups;
+    for (const auto& name : children_or_empty(file, kind, path)) {
+      std::string dataset = std::string("/") + kind + "/" + name + "/" + text_name;
+      if (h5::link_exists(file, dataset)) read_checked_text(file, dataset, path);
+    }
+  }
+}
+
 }  // namespace
 
 StepInfo read_step_info(const std::string& path) {
@@ -175,7 +212,7 @@ std::string read_text(const std::string& path, const std::string& dataset) {
   if (!h5::link_exists(file.get(), dataset)) {
     throw NotFoundError("The step file has no dataset '" + dataset + "'", file_context(path));
   }
-  return h5::read_text_dataset(file.get(), dataset, H5P_DEFAULT, path);
+  return read_checked_text(file.get(), dataset, path);
 }
 
 TensorDict read_tensors(const std::string& path, const std::string& group, bool verify) {
@@ -195,6 +232,7 @@ void verify_step(const Communicator& comm, const std::string& path) {
   run_agreed(comm, [&] {
     h5::Handle file = open_step_locally(path);
     check_format(file.get(), path);
+    verify_texts(file.get(), path);
     size_t index = 0;
     for (const char* kind : {layout::kModels, layout::kOptimizers}) {
       for (const auto& name : children_or_empty(file.get(), kind, path)) {

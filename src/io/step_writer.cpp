@@ -6,15 +6,20 @@
 #include "format/keys.h"
 #include "format/layout.h"
 #include "io/hdf5_file.h"
+#include "io/phase_trace.h"
 #include "io/step_files.h"
 
 #include <persistence/errors.h>
 #include <persistence/version.h>
 
 #include <H5FDmpio.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <random>
@@ -51,6 +56,53 @@ const char* data_pointer(const at::Tensor& tensor, int64_t element_offset) {
   return static_cast<const char*>(tensor.data_ptr()) + element_offset * static_cast<int64_t>(tensor.element_size());
 }
 
+int64_t full_offset(const SaveJob& job, size_t key_index) {
+  return key_index < job.full_offsets.size() ? job.full_offsets[key_index] : 0;
+}
+
+// Checks that a full tensor staged in part covers what the plan makes this rank
+// write. The snapshot computes the same share from the sorted keys, so a
+// mismatch is a bug in the library, not in the caller's input.
+void check_staged_share(const Plan& plan, const SaveJob& job, size_t key_index, int rank) {
+  FlatRange share = full_tensor_share(plan, key_index, rank);
+  int64_t first = full_offset(job, key_index);
+  const at::Tensor& piece = job.pieces[key_index][0];
+  if (share.end <= share.begin) return;
+  if (share.begin < first || share.end - first > piece.numel()) {
+    throw FormatError("Internal error: the staged part of a full tensor does not cover the elements this rank writes",
+                      ErrorContext{{}, plan.keys[key_index].key, job.step, rank},
+                      "Report this as a bug in persistence");
+  }
+}
+
+// Allocates the first bytes of the file at path with fallocate(2), growing it,
+// so that a full disk or a file-size limit fails here with ENOSPC or EFBIG.
+// File systems without fallocate skip the reservation.
+void reserve_file_space(const std::string& path, uint64_t bytes) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) {
+    throw IoError(std::string("Cannot open the step file to reserve space: ") + std::strerror(errno),
+                  ErrorContext{path, {}, std::nullopt, std::nullopt});
+  }
+  int result = ::fallocate(fd, 0, 0, static_cast<off_t>(bytes));
+  int error = result == 0 ? 0 : errno;
+  ::close(fd);
+  if (result != 0 && error != EOPNOTSUPP && error != ENOSYS) {
+    throw IoError("Cannot reserve " + std::to_string(bytes) + " bytes for the step file: " + std::strerror(error),
+                  ErrorContext{path, {}, std::nullopt, std::nullopt});
+  }
+}
+
+// Writes a YAML text dataset with a checksum attribute. HDF5 checksums its
+// metadata but not raw data, so without one a damaged byte would change the text silently.
+void write_checked_text(hid_t parent, const std::string& name, const std::string& text, hid_t transfer,
+                        bool is_writer, const std::string& path) {
+  h5::write_text_dataset(parent, name, text, transfer, is_writer, path);
+  h5::Handle dataset = h5::dataset_handle(
+      h5::check_id(H5Dopen2(parent, name.c_str(), H5P_DEFAULT), "H5Dopen2", path + " dataset '" + name + "'"));
+  h5::write_attribute(dataset.get(), layout::kAttrChecksum, text_checksum(text));
+}
+
 // This rank's share of each key's checksum sum: the bytes of the pieces it writes.
 std::vector<uint64_t> partial_checksums(const Plan& plan, const SaveJob& job, int rank) {
   std::vector<uint64_t> sums(plan.keys.size(), 0);
@@ -61,11 +113,12 @@ std::vector<uint64_t> partial_checksums(const Plan& plan, const SaveJob& job, in
     if (planned.sharded) {
       for (size_t p = 0; p < job.views[k].regions.size(); ++p) regions.emplace_back(job.views[k].regions[p], &job.pieces[k][p]);
     } else {
+      check_staged_share(plan, job, k, rank);
       regions.emplace_back(full_tensor_share(plan, k, rank), &job.pieces[k][0]);
     }
     for (const auto& [region, tensor] : regions) {
-      // A full tensor's data starts at element 0; a piece's data starts at its own first element.
-      int64_t cursor = planned.sharded ? 0 : std::get<FlatRange>(region).begin;
+      // A full tensor's piece starts at element full_offset; a shard's data starts at its own first element.
+      int64_t cursor = planned.sharded ? 0 : std::get<FlatRange>(region).begin - full_offset(job, k);
       for_each_run(planned.shape, region, [&](int64_t flat_begin, int64_t count) {
         sums[k] += checksum_piece(data_pointer(*tensor, cursor), static_cast<uint64_t>(flat_begin * element_size),
                                   static_cast<uint64_t>(count * element_size));
@@ -128,25 +181,34 @@ class StepWriter {
   }
 
   void run() {
+    trace(phase::kPlan);
     plan_ = agreed_plan();
-    std::vector<uint64_t> sums = partial_checksums(plan_, job_, comm_.rank());
+    std::vector<uint64_t> sums;
+    run_agreed(comm_, [&] { sums = partial_checksums(plan_, job_, comm_.rank()); });
     comm_.allreduce_sum(sums);
     checksums_ = std::move(sums);
 
-    prepare_temporary();
     try {
+      prepare_temporary();
+      trace(phase::kCreate);
       run_agreed(comm_, [&] { open_file(); });
+      run_agreed(comm_, [&] { with_free_space([&] { reserve_space(); }); });
       run_agreed(comm_, [&] { create_objects(); });
+      trace(phase::kWrite);
       run_agreed(comm_, [&] { with_free_space([&] { write_data(); }); });
+      trace(phase::kClose);
       run_agreed(comm_, [&] { with_free_space([&] { flush_and_close(); }); });
       run_agreed(comm_, [&] { publish(); });
     } catch (...) {
       discard_temporary();
       throw;
     }
+    trace(phase::kCommitted);
   }
 
  private:
+  void trace(const char* name) const { trace_phase(name, comm_.rank(), job_.step, job_.group, job_.name); }
+
   ErrorContext context(const std::string& key = {}) const {
     return ErrorContext{final_path_, key, job_.step, comm_.rank()};
   }
@@ -192,8 +254,35 @@ class StepWriter {
     extend_ = job_.extend_existing && comm_.rank() == 0 && std::filesystem::exists(final_path_);
     extend_ = comm_.broadcast(static_cast<int64_t>(extend_)) != 0;
     run_agreed(comm_, [&] {
-      if (comm_.rank() == 0 && extend_) copy_file(final_path_, temporary_path_);
+      if (comm_.rank() != 0 || !extend_) return;
+      trace(phase::kCopy);
+      copy_file(final_path_, temporary_path_);
     });
+  }
+
+  // Rank 0 grows the nearly empty file to its expected size before any
+  // dataset exists. A full disk then fails while every rank agrees, instead of
+  // inside HDF5's collective writes and close, where one rank's failed flush
+  // leaves the others waiting in a barrier and a failed H5Fclose leaks the file.
+  void reserve_space() {
+    if (comm_.rank() != 0) return;
+    reserve_file_space(temporary_path_, expected_file_bytes());
+  }
+
+  // NOTE: an estimate: the copied file's bytes when extending, 64 KiB plus
+  // 4 KiB per key for metadata, then every dataset's bytes, aligned as the file
+  // aligns them. A save that outgrows it can still fail inside HDF5.
+  uint64_t expected_file_bytes() const {
+    uint64_t total = extend_ ? std::filesystem::file_size(temporary_path_) : 0;
+    total += (uint64_t{64} << 10) + (uint64_t{4} << 10) * plan_.keys.size();
+    for (const PlannedKey& planned : plan_.keys) {
+      auto bytes = static_cast<uint64_t>(element_count(planned.shape)) * c10::elementSize(planned.dtype);
+      if (bytes >= settings_.alignment_threshold && settings_.alignment > 1) {
+        total = (total + settings_.alignment - 1) / settings_.alignment * settings_.alignment;
+      }
+      total += bytes;
+    }
+    return total;
   }
 
   void open_file() {
@@ -216,8 +305,8 @@ class StepWriter {
                                  "Save each name at most once per step");
     }
     h5::Handle entry = h5::create_group(kind.get(), job_.name, temporary_path_);
-    h5::write_text_dataset(entry.get(), job_.config_name, job_.config_text, transfer_.get(), comm_.rank() == 0,
-                           temporary_path_);
+    write_checked_text(entry.get(), job_.config_name, job_.config_text, transfer_.get(), comm_.rank() == 0,
+                       temporary_path_);
     h5::Handle states = h5::create_group(entry.get(), layout::kStates, temporary_path_);
 
     h5::Handle dcpl = tensor_dataset_creation();
@@ -248,8 +337,8 @@ class StepWriter {
     h5::write_attribute(file, layout::kAttrLibraryVersion, std::string(kLibraryVersion));
     h5::write_attribute(file, layout::kAttrTaskId, job_.task_id);
     h5::write_attribute(file, layout::kAttrChecksumAlgorithm, std::string(layout::kChecksumAlgorithm));
-    h5::write_text_dataset(file, layout::kConfig, job_.training_config, transfer_.get(), comm_.rank() == 0,
-                           temporary_path_);
+    write_checked_text(file, layout::kConfig, job_.training_config, transfer_.get(), comm_.rank() == 0,
+                       temporary_path_);
     h5::create_group(file, layout::kModels, temporary_path_);
     h5::create_group(file, layout::kOptimizers, temporary_path_);
   }
@@ -305,7 +394,10 @@ class StepWriter {
         h5::Handle memory_space = memory_selection(transfer, scalar, subject);
         static const char empty = 0;
         const void* buffer = &empty;
-        if (transfer != nullptr) buffer = data_pointer(job_.pieces[k][transfer->piece], transfer->data_offset);
+        if (transfer != nullptr) {
+          int64_t first = planned.sharded ? 0 : full_offset(job_, k);
+          buffer = data_pointer(job_.pieces[k][transfer->piece], transfer->data_offset - first);
+        }
         h5::check_status(
             H5Dwrite(datasets_[k].get(), type.get(), memory_space.get(), file_space.get(), transfer_.get(), buffer),
             "H5Dwrite", subject);
@@ -325,6 +417,7 @@ class StepWriter {
 
   void publish() {
     if (comm_.rank() != 0) return;
+    trace(phase::kRename);
     // Close may write metadata after the flush, so sync once more before the rename.
     sync_path(temporary_path_);
     rename_durably(temporary_path_, final_path_);

@@ -29,6 +29,11 @@ struct SaveJob {
   std::vector<std::vector<at::Tensor>> pieces;    // per key: one per region, or the full tensor
   std::vector<std::optional<c10::ScalarType>> source_dtypes;  // per key: dtype before conversion
 
+  // Per key: the flat index of the first element of a full tensor's piece. 0
+  // unless the snapshot staged only this rank's share (full_tensor_share).
+  // May be empty, meaning 0 for every key.
+  std::vector<int64_t> full_offsets;
+
   // Add to the committed file of this step instead of starting a new one.
   bool extend_existing = false;
 

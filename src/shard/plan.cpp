@@ -318,18 +318,22 @@ Plan exchange_plan(const Communicator& comm, const std::vector<KeyView>& views, 
   return plan;
 }
 
-FlatRange full_tensor_share(const Plan& plan, size_t key_index, int rank) {
-  const PlannedKey& planned = plan.keys[key_index];
-  int64_t total = element_count(planned.shape);
-  int64_t bytes = total * static_cast<int64_t>(c10::elementSize(planned.dtype));
+FlatRange full_tensor_share(const Shape& shape, c10::ScalarType dtype, size_t key_index, int world_size, int rank) {
+  int64_t total = element_count(shape);
+  int64_t bytes = total * static_cast<int64_t>(c10::elementSize(dtype));
   if (bytes < kSmallTensorBytes) {
     // Small tensors go whole to one rank, round-robin by key, so each costs one request.
-    int owner = static_cast<int>(key_index % static_cast<size_t>(plan.world_size));
+    int owner = static_cast<int>(key_index % static_cast<size_t>(world_size));
     return rank == owner ? FlatRange{0, total} : FlatRange{0, 0};
   }
-  int64_t begin = total * rank / plan.world_size;
-  int64_t end = total * (rank + 1) / plan.world_size;
+  int64_t begin = total * rank / world_size;
+  int64_t end = total * (rank + 1) / world_size;
   return FlatRange{begin, end};
+}
+
+FlatRange full_tensor_share(const Plan& plan, size_t key_index, int rank) {
+  const PlannedKey& planned = plan.keys[key_index];
+  return full_tensor_share(planned.shape, planned.dtype, key_index, plan.world_size, rank);
 }
 
 std::vector<Transfer> transfers_for(const Plan& plan, size_t key_index, int rank, PlanUse use,

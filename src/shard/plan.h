@@ -69,4 +69,8 @@ std::vector<Transfer> transfers_for(const Plan& plan, size_t key_index, int rank
 // The region of a full tensor that rank writes on save (possibly empty).
 FlatRange full_tensor_share(const Plan& plan, size_t key_index, int rank);
 
+// The same region, computed from what every rank has before the plan exchange: the
+// key's position in the sorted key list, its shape and its stored dtype.
+FlatRange full_tensor_share(const Shape& shape, c10::ScalarType dtype, size_t key_index, int world_size, int rank);
+
 }  // namespace persistence::detail

@@ -129,12 +129,16 @@ std::string base_url_from_address(const std::string& address) {
 
 }  // namespace
 
-// The one place where the storage layer reads environment variables; the list
-// is in the header next to the declaration.
-HdfsConfig HdfsConfig::from_environment() {
+// The one place where HDFS settings are resolved and the storage layer reads
+// environment variables; the list is in the header next to the declaration.
+HdfsConfig HdfsConfig::resolve(const HdfsOptions& options) {
   HdfsConfig config;
 
-  std::string backend = environment("PERSISTENCE_HDFS_BACKEND");
+  if (!options.backend.empty() && options.backend != "webhdfs" && options.backend != "cli") {
+    throw InvalidArgumentError("HdfsOptions::backend has the invalid value '" + options.backend + "'", {},
+                               "Set it to webhdfs or cli, or leave it empty");
+  }
+  std::string backend = options.backend.empty() ? environment("PERSISTENCE_HDFS_BACKEND") : options.backend;
   if (backend == "webhdfs") {
     config.backend = HdfsBackend::kWebHdfs;
   } else if (backend == "cli") {
@@ -143,41 +147,52 @@ HdfsConfig HdfsConfig::from_environment() {
     reject_variable("PERSISTENCE_HDFS_BACKEND", backend, "webhdfs or cli");
   }
 
-  config.webhdfs_addresses = split_addresses(environment("PERSISTENCE_WEBHDFS_ADDRESS"));
+  config.webhdfs_addresses = split_addresses(options.webhdfs_address.empty() ? environment("PERSISTENCE_WEBHDFS_ADDRESS")
+                                                                             : options.webhdfs_address);
   for (const auto& address : config.webhdfs_addresses) base_url_from_address(address);
 
-  config.user = environment("PERSISTENCE_HDFS_USER");
+  config.user = options.user;
+  if (config.user.empty()) config.user = environment("PERSISTENCE_HDFS_USER");
   if (config.user.empty()) config.user = environment("HADOOP_USER_NAME");
-  config.delegation_token = environment("PERSISTENCE_HDFS_DELEGATION_TOKEN");
+  config.delegation_token = options.delegation_token;
+  if (config.delegation_token.empty()) config.delegation_token = environment("PERSISTENCE_HDFS_DELEGATION_TOKEN");
 
-  if (auto value = environment("PERSISTENCE_HDFS_KERBEROS"); !value.empty()) {
+  if (options.kerberos) {
+    config.kerberos = *options.kerberos;
+  } else if (auto value = environment("PERSISTENCE_HDFS_KERBEROS"); !value.empty()) {
     config.kerberos = parse_flag("PERSISTENCE_HDFS_KERBEROS", value);
   }
-  if (auto value = environment("PERSISTENCE_HDFS_CSRF_HEADER"); !value.empty()) {
+  if (options.csrf_header) {
+    config.csrf_header = *options.csrf_header;
+  } else if (auto value = environment("PERSISTENCE_HDFS_CSRF_HEADER"); !value.empty()) {
     config.csrf_header = parse_flag("PERSISTENCE_HDFS_CSRF_HEADER", value);
   }
-  if (auto value = environment("PERSISTENCE_HDFS_COMMAND"); !value.empty()) config.cli_command = value;
+  config.cli_command = options.command;
+  if (config.cli_command.empty()) config.cli_command = environment("PERSISTENCE_HDFS_COMMAND");
+  if (config.cli_command.empty()) config.cli_command = HdfsConfig().cli_command;
 
-  if (auto value = environment("PERSISTENCE_HDFS_CONNECT_TIMEOUT"); !value.empty()) {
-    config.connect_timeout = parse_seconds("PERSISTENCE_HDFS_CONNECT_TIMEOUT", value);
-  }
-  if (auto value = environment("PERSISTENCE_HDFS_REQUEST_TIMEOUT"); !value.empty()) {
-    config.request_timeout = parse_seconds("PERSISTENCE_HDFS_REQUEST_TIMEOUT", value);
-  }
-  if (auto value = environment("PERSISTENCE_HDFS_STALL_TIMEOUT"); !value.empty()) {
-    config.stall_timeout = parse_seconds("PERSISTENCE_HDFS_STALL_TIMEOUT", value);
-  }
-  if (auto value = environment("PERSISTENCE_HDFS_COMMAND_TIMEOUT"); !value.empty()) {
-    config.command_timeout = parse_seconds("PERSISTENCE_HDFS_COMMAND_TIMEOUT", value);
-  }
-  if (auto value = environment("PERSISTENCE_HDFS_RETRY_ATTEMPTS"); !value.empty()) {
+  // A positive option wins; zero or less means unset.
+  auto duration = [](std::chrono::milliseconds option, const char* name, std::chrono::milliseconds& field) {
+    if (option.count() > 0) {
+      field = option;
+    } else if (auto value = environment(name); !value.empty()) {
+      field = parse_seconds(name, value);
+    }
+  };
+  duration(options.connect_timeout, "PERSISTENCE_HDFS_CONNECT_TIMEOUT", config.connect_timeout);
+  duration(options.request_timeout, "PERSISTENCE_HDFS_REQUEST_TIMEOUT", config.request_timeout);
+  duration(options.stall_timeout, "PERSISTENCE_HDFS_STALL_TIMEOUT", config.stall_timeout);
+  duration(options.command_timeout, "PERSISTENCE_HDFS_COMMAND_TIMEOUT", config.command_timeout);
+  if (options.retry_attempts > 0) {
+    config.retry.max_attempts = options.retry_attempts;
+  } else if (auto value = environment("PERSISTENCE_HDFS_RETRY_ATTEMPTS"); !value.empty()) {
     config.retry.max_attempts = parse_positive_int("PERSISTENCE_HDFS_RETRY_ATTEMPTS", value);
   }
-  if (auto value = environment("PERSISTENCE_HDFS_RETRY_MAX_ELAPSED"); !value.empty()) {
-    config.retry.max_elapsed = parse_seconds("PERSISTENCE_HDFS_RETRY_MAX_ELAPSED", value);
-  }
+  duration(options.retry_max_elapsed, "PERSISTENCE_HDFS_RETRY_MAX_ELAPSED", config.retry.max_elapsed);
   return config;
 }
+
+HdfsConfig HdfsConfig::from_environment() { return resolve(HdfsOptions{}); }
 
 bool is_hdfs_uri(const std::string& uri) { return uri.rfind("hdfs://", 0) == 0; }
 
@@ -217,7 +232,8 @@ std::vector<std::string> webhdfs_base_urls(const HdfsUri& uri, const HdfsConfig&
 
   if (uri.host.empty()) {
     throw InvalidArgumentError("An hdfs:/// URI names no NameNode, and no WebHDFS address is configured", {},
-                               "Set PERSISTENCE_WEBHDFS_ADDRESS to the NameNode HTTP address, such as namenode:9870");
+                               "Set HdfsOptions::webhdfs_address or PERSISTENCE_WEBHDFS_ADDRESS to the NameNode HTTP address, such as "
+                               "namenode:9870");
   }
   // The URI's port is the RPC port (8020 by default); WebHDFS listens on the HTTP port.
   return {base_url_from_address(uri.host)};

@@ -2,6 +2,8 @@
 // the parsing of hdfs:// URIs.
 #pragma once
 
+#include <persistence/options.h>
+
 #include <chrono>
 #include <optional>
 #include <string>
@@ -30,8 +32,8 @@ enum class HdfsBackend {
   kCli,      // the `hdfs dfs` command line, one process per operation
 };
 
-// How to reach HDFS. Read the environment with from_environment(), then
-// override fields in code as needed.
+// How to reach HDFS. Build it from manager options with resolve(), or from the
+// environment alone with from_environment(), then override fields in code as needed.
 struct HdfsConfig {
   HdfsBackend backend = HdfsBackend::kWebHdfs;
 
@@ -95,6 +97,12 @@ struct HdfsConfig {
   //   PERSISTENCE_HDFS_RETRY_MAX_ELAPSED  seconds
   // An invalid value throws InvalidArgumentError naming the variable.
   static HdfsConfig from_environment();
+
+  // Resolves the HDFS settings; this is the one place that does. A field set in
+  // options wins. An unset one falls back to its environment variable (the
+  // list above), then to the default, and the variable of a set field is not
+  // read. An invalid option throws InvalidArgumentError naming the option.
+  static HdfsConfig resolve(const HdfsOptions& options);
 };
 
 // The parts of "hdfs://authority/path". The authority is a NameNode host, a

@@ -76,10 +76,11 @@ void check_remote_size(Storage& storage, const std::string& path, uint64_t expec
   }
 }
 
-// Fails early, before any upload, when the final name is taken.
-void check_final_name_free(Storage& storage, const std::string& final_path, bool replace_existing) {
+// Fails early, before any upload, when the final name is taken. Returns true
+// when a file there is to be replaced.
+bool check_final_name_free(Storage& storage, const std::string& final_path, bool replace_existing) {
   auto entry = storage.stat(final_path);
-  if (!entry) return;
+  if (!entry) return false;
   if (entry->is_dir) {
     throw StorageError("A directory has the name of the step file to stage out", ErrorContext{final_path, {}, {}, {}},
                        /*transient=*/false, "Remove or rename that directory");
@@ -89,6 +90,7 @@ void check_final_name_free(Storage& storage, const std::string& final_path, bool
                        ErrorContext{final_path, {}, {}, {}}, /*transient=*/false,
                        "Remove the remote file, or stage out with replace_existing set");
   }
+  return true;
 }
 
 enum class CommitOutcome { kCommitted, kTemporaryLost };
@@ -96,11 +98,16 @@ enum class CommitOutcome { kCommitted, kTemporaryLost };
 // Renames temporary to final_path. A false from RENAME does not say why, so
 // both names are examined: the final name with the right size and no
 // temporary left means an earlier attempt's rename went through.
+//
+// replace_pending is set when a file that existed before this stage-out is to
+// be replaced. It is removed once, and the flag cleared: after a RENAME whose
+// reply was lost, the file under the final name may be this stage-out's own.
 CommitOutcome commit(Storage& storage, const std::string& temporary, const std::string& final_path, uint64_t size,
-                     bool replace_existing) {
-  if (replace_existing && storage.stat(final_path)) {
+                     bool& replace_pending) {
+  if (replace_pending) {
     logger().info("Replacing the remote step file {}", final_path);
     storage.remove(final_path);
+    replace_pending = false;
   }
   if (storage.rename(temporary, final_path)) return CommitOutcome::kCommitted;
 
@@ -174,17 +181,18 @@ void stage_out(Storage& storage, const std::string& local_file, const std::strin
   Backoff backoff(policy);
   RemoteTemporary temporary(storage);
   bool uploaded = false;
+  bool replace_pending = false;
   while (true) {
     try {
       if (!uploaded) {
         storage.mkdirs(remote_dir);
-        check_final_name_free(storage, final_path, replace_existing);
+        replace_pending = check_final_name_free(storage, final_path, replace_existing);
         temporary.renew(join_storage_path(remote_dir, remote_temporary_name(final_name)));
         storage.upload(local_file, temporary.path());
         check_remote_size(storage, temporary.path(), size);
         uploaded = true;
       }
-      if (commit(storage, temporary.path(), final_path, size, replace_existing) == CommitOutcome::kCommitted) {
+      if (commit(storage, temporary.path(), final_path, size, replace_pending) == CommitOutcome::kCommitted) {
         temporary.committed();
         logger().info("Staged out {} after {} attempt(s)", final_path, backoff.attempts());
         return;

@@ -26,8 +26,9 @@ namespace persistence::detail {
 // Copies local_file to remote_dir/final_name by the commit protocol above.
 // Creates remote_dir when missing. An existing remote_dir/final_name is an
 // IoError unless replace_existing is true, in which case it is removed just
-// before the rename (the local copy stays intact, so nothing is lost if the
-// rename then fails). The temporary file is removed on every failure path,
+// before the first rename (the local copy stays intact, so nothing is lost if
+// the rename then fails). A retried rename never removes the final file,
+// because it may be this stage-out's own after a lost reply. The temporary file is removed on every failure path,
 // as far as the storage still answers. The local file is never modified.
 //
 // Throws IoError naming the operation and the path after a non-transient

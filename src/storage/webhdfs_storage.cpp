@@ -98,8 +98,8 @@ std::string excerpt(const std::string& body) {
 std::string advice_for(int status, const std::string& exception) {
   if (status == 401 || exception == "AccessControlException" || exception == "SecurityException" ||
       exception == "AuthorizationException" || exception == "InvalidToken") {
-    return "Check the HDFS user (PERSISTENCE_HDFS_USER), the delegation token or the Kerberos ticket, "
-           "and the permissions of the path";
+    return "Check the HDFS user (HdfsOptions::user or PERSISTENCE_HDFS_USER), the delegation token or the "
+           "Kerberos ticket, and the permissions of the path";
   }
   if (status == 404) return "Check that the path exists on HDFS";
   if (exception == "DSQuotaExceededException" || exception == "NSQuotaExceededException") {
