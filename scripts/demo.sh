@@ -12,6 +12,15 @@
 #
 # Prints one summary line per check; exits 0 when the resumed run matches.
 #
+# Usage: scripts/demo.sh [--hdfs]
+#   --hdfs  starts the WebHDFS test server (scripts/webhdfs_server.py) on
+#           127.0.0.1, and the killed run saves to hdfs://127.0.0.1:8020/demo/killed
+#           through it. That run writes each step to a local staging directory
+#           and stages it out to the server's backing directory. The resume
+#           starts with another, empty staging directory, so it stages the
+#           newest step in from HDFS. The reference run stays local, and the
+#           3-rank bonus is skipped.
+#
 # Environment (all optional):
 #   BUILD_DIR   build directory (default: build)
 #   STEPS       training steps (default: 120)
@@ -30,6 +39,20 @@ bonus=${BONUS:-1}
 ranks=2
 started=$(date +%s)
 
+hdfs=0
+for argument in "$@"; do
+  case $argument in
+    --hdfs) hdfs=1 ;;
+    *)
+      echo "demo: unknown argument '$argument'; the only option is --hdfs" >&2
+      exit 2
+      ;;
+  esac
+done
+if [[ "$hdfs" == 1 ]]; then
+  bonus=0
+fi
+
 if ((kill_at <= 2 * save_every || kill_at >= steps)); then
   echo "demo: KILL_AT=$kill_at must lie after the second save (step $((2 * save_every))) and before STEPS=$steps" >&2
   exit 2
@@ -37,11 +60,16 @@ fi
 
 work=$(mktemp -d -t persistence-demo.XXXXXX)
 victim_sid=""
+server_pid=""
 
 cleanup() {
   # A run still alive here was interrupted with the script; end it before removing its files.
   if [[ -n "$victim_sid" ]]; then
     kill_session "$victim_sid"
+  fi
+  if [[ -n "$server_pid" ]]; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
   fi
   rm -rf "$work"
 }
@@ -77,6 +105,9 @@ show_log() {
 mpi_args() {
   local n=$1
   local args=(--allow-run-as-root -n "$n" -x PERSISTENCE_REGISTRY)
+  if [[ "$hdfs" == 1 ]]; then
+    args+=(-x PERSISTENCE_WEBHDFS_ADDRESS -x PERSISTENCE_STAGING_DIR)
+  fi
   if ((n > $(nproc))); then
     args+=(--oversubscribe)
   fi
@@ -113,6 +144,53 @@ final_loss() {
   sed -n 's/^final step [0-9]* loss \([^ ]*\)$/\1/p' "$1"
 }
 
+# Starts the WebHDFS test server on 127.0.0.1 over $work/hdfs and points
+# PERSISTENCE_WEBHDFS_ADDRESS at its NameNode port. The server stops by itself
+# when this shell exits.
+start_webhdfs_server() {
+  python3 scripts/webhdfs_server.py --root "$work/hdfs" --log "$work/webhdfs-requests.jsonl" \
+    --port-file "$work/webhdfs-ports.json" --parent-pid $$ --max-lifetime 3600 \
+    >/dev/null 2>"$work/webhdfs-server.log" &
+  server_pid=$!
+  for _ in $(seq 200); do
+    [[ -s "$work/webhdfs-ports.json" ]] && break
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+      note "the WebHDFS test server did not start"
+      show_log "$work/webhdfs-server.log"
+      exit 1
+    fi
+    sleep 0.1
+  done
+  local port
+  port=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["namenode"])' "$work/webhdfs-ports.json")
+  export PERSISTENCE_WEBHDFS_ADDRESS="127.0.0.1:$port"
+  note "WebHDFS test server on $PERSISTENCE_WEBHDFS_ADDRESS, backing directory $work/hdfs"
+}
+
+# Prints the steps whose files the request log shows renamed into place under
+# HDFS directory $1, then "|", then the steps opened for reading there.
+hdfs_activity() {
+  python3 - "$work/webhdfs-requests.jsonl" "$1" <<'PY'
+import json, re, sys
+log, directory = sys.argv[1], sys.argv[2]
+step = re.compile(re.escape(directory) + r"/step_0*([0-9]+)\.h5$")
+staged_out, staged_in = [], []
+for line in open(log, encoding="utf-8"):
+    request = json.loads(line)
+    if request["role"] != "namenode" or request["status"] >= 300 and request["status"] != 307:
+        continue
+    if request["op"] == "RENAME":
+        match = step.match(request["query"].get("destination", ""))
+        if match:
+            staged_out.append(match.group(1))
+    if request["op"] == "OPEN":
+        match = step.match(request["path"])
+        if match:
+            staged_in.append(match.group(1))
+print(" ".join(staged_out) + "|" + " ".join(staged_in))
+PY
+}
+
 # ---- build -----------------------------------------------------------------
 cd "$repo"
 if [[ -n "${TRAIN_LM:-}" ]]; then
@@ -132,6 +210,12 @@ else
   train_lm="$repo/$build_dir/bin/train_lm"
 fi
 export PERSISTENCE_REGISTRY="$work/registry"
+killed_dir="$work/killed"
+if [[ "$hdfs" == 1 ]]; then
+  start_webhdfs_server
+  killed_dir="hdfs://127.0.0.1:8020/demo/killed"
+  export PERSISTENCE_STAGING_DIR="$work/staging-killed"
+fi
 built=$(date +%s)
 
 # ---- 1. reference run --------------------------------------------------------
@@ -142,13 +226,16 @@ train "$ranks" "$work/reference" "$work/reference.log"
 note "2/4 second run, killed with SIGKILL after step $kill_at"
 # setsid gives the job a session of its own, so one kill reaches mpiexec and every rank.
 # shellcheck disable=SC2046 # mpi_args yields separate words
-setsid mpiexec $(mpi_args "$ranks") "$train_lm" --save-dir "$work/killed" --steps "$steps" \
+setsid mpiexec $(mpi_args "$ranks") "$train_lm" --save-dir "$killed_dir" --steps "$steps" \
   --save-every "$save_every" >"$work/killed.log" 2>&1 &
 victim_sid=$!
 # Disowned, the shell prints no "Killed" notice for it; kill_session waits for its end instead.
 disown "$victim_sid"
+# With --hdfs, the kill also waits for the first step file on HDFS: steps are
+# staged out in the background once the next save seals them.
+on_hdfs() { [[ "$hdfs" == 0 ]] || compgen -G "$work/hdfs/demo/killed/step_*.h5" >/dev/null; }
 for _ in $(seq 1200); do
-  grep -q "^step $kill_at " "$work/killed.log" 2>/dev/null && break
+  grep -q "^step $kill_at " "$work/killed.log" 2>/dev/null && on_hdfs && break
   if ! kill -0 "$victim_sid" 2>/dev/null; then
     note "the second run ended before step $kill_at"
     show_log "$work/killed.log"
@@ -156,8 +243,8 @@ for _ in $(seq 1200); do
   fi
   sleep 0.1
 done
-if ! grep -q "^step $kill_at " "$work/killed.log"; then
-  note "the second run did not reach step $kill_at within 120 s"
+if ! grep -q "^step $kill_at " "$work/killed.log" || ! on_hdfs; then
+  note "the second run did not reach step $kill_at, with a step file on HDFS, within 120 s"
   show_log "$work/killed.log"
   exit 1
 fi
@@ -170,7 +257,12 @@ fi
 
 # ---- 3. resume -------------------------------------------------------------
 note "3/4 resuming the killed run (last printed step $killed_at) on $ranks ranks"
-train "$ranks" "$work/killed" "$work/resumed.log"
+if [[ "$hdfs" == 1 ]]; then
+  # A fresh staging directory: the resumed run finds its step on HDFS only.
+  export PERSISTENCE_STAGING_DIR="$work/staging-resumed"
+  staged_before=$(hdfs_activity /demo/killed)
+fi
+train "$ranks" "$killed_dir" "$work/resumed.log"
 resumed_from=$(resume_step "$work/resumed.log")
 if ((resumed_from == 0)); then
   echo "demo: the run killed after step $killed_at left no resumable step; the resumed run started over"
@@ -203,6 +295,19 @@ fi
 echo "demo: resumed from step $resumed_from on $ranks ranks (killed after step $killed_at);" \
   "$verdict later losses match the reference exactly, $weights" \
   "(build $((built - started)) s, three runs $(($(date +%s) - built)) s)"
+
+if [[ "$hdfs" == 1 ]]; then
+  opened=$(hdfs_activity /demo/killed)
+  opened=${opened#*|}
+  before_out=${staged_before%|*}
+  echo "demo (hdfs): the killed run saved to $killed_dir and staged out step(s) ${before_out:-none} before" \
+    "SIGKILL; the resumed run started with an empty staging directory, staged in step(s) ${opened:-none} from" \
+    "HDFS and resumed from step $resumed_from"
+  if [[ " $opened " != *" $resumed_from "* ]]; then
+    echo "demo (hdfs): step $resumed_from was not staged in from HDFS"
+    exit 1
+  fi
+fi
 
 # ---- bonus: resume on another world size -------------------------------------
 # A 2-rank checkpoint resumed on 3 ranks. Each rank still draws its own batch,
