@@ -47,7 +47,9 @@ fi
 small_count=${small_count_option:-$small_count}
 
 if [[ $build == 1 ]]; then
-  cmake -S "$repo_root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release > /dev/null
+  # Only the benchmark program is needed, so the test suites and examples stay out of this tree.
+  cmake -S "$repo_root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DPERSISTENCE_BUILD_TESTS=OFF \
+    -DPERSISTENCE_BUILD_EXAMPLES=OFF > /dev/null
   cmake --build "$build_dir" -j "$(nproc)" --target persistence_bench
 fi
 bench=$build_dir/bin/persistence_bench
