@@ -14,7 +14,10 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 namespace persistence::bench {
 namespace {
@@ -320,6 +323,12 @@ void run_async(const SuiteSettings& settings, Recorder& recorder) {
     // The step is complete and no later save reads it. Removing it keeps the disk use to one step.
     MPI_Barrier(MPI_COMM_WORLD);
     if (world_rank() == 0) std::filesystem::remove(step_path(root, step));
+    // Freeing the blocks of the removed file (and discarding them, on a
+    // file system mounted with discard) keeps kernel threads busy for a
+    // while; let that finish so it does not land in the next stall.
+    ::sync();
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    MPI_Barrier(MPI_COMM_WORLD);
   }
   manager.close();
   remove_tree(root);

@@ -170,13 +170,18 @@ class PersistenceManager::Impl {
       // The write waited for above may have failed. Report it from this call,
       // because the I/O thread would skip this save with only a log message.
       check_background_failure();
+      auto copy_started = std::chrono::steady_clock::now();
       run_agreed(comm_, [&] {
+        // The I/O thread pauses during the copy; the gate opens before the agreement below.
+        detail::SnapshotGate::Closed closed(*snapshot_gate_);
         detail::add_states(job, states, dtype, [&](const at::Tensor& source, c10::ScalarType stored) {
           at::Tensor copy = arena->take(source.sizes(), stored);
-          copy.copy_(source.detach());
+          detail::copy_snapshot(copy, source.detach());
           return copy;
         }, share);
       });
+      logger().debug("Copied the snapshot of {} '{}' at step {} in {:.3f} s", what, job.name, job.step,
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - copy_started).count());
     } else {
       run_agreed(comm_, [&] { detail::add_states(job, states, dtype, detail::reference_or_convert); });
     }
@@ -379,7 +384,8 @@ class PersistenceManager::Impl {
   uint64_t submit(detail::SaveJob job, const std::string& description) {
     uint64_t sequence = ++submitted_;
     detail::WriterSettings settings{static_cast<int64_t>(options_.max_bytes_per_call), options_.alignment,
-                                    options_.alignment_threshold};
+                                    options_.alignment_threshold,
+                                    [gate = snapshot_gate_] { gate->wait_until_open(); }};
     auto shared_job = std::make_shared<detail::SaveJob>(std::move(job));
     const Communicator& comm = io_comm_ ? *io_comm_ : comm_;
     auto work = [shared_job, settings, description, &comm, root = root_] {
@@ -605,6 +611,7 @@ class PersistenceManager::Impl {
   std::optional<Communicator> io_comm_;  // the I/O thread's communicator
   std::unique_ptr<detail::IoWorker> worker_;
   std::map<std::string, std::shared_ptr<detail::StagingArena>> arenas_;
+  std::shared_ptr<detail::SnapshotGate> snapshot_gate_ = std::make_shared<detail::SnapshotGate>();
   std::map<std::string, uint64_t> arena_jobs_;
   std::map<std::string, std::shared_ptr<detail::PlanCache>> plan_caches_;  // last job that reads each arena
   uint64_t submitted_ = 0;

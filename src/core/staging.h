@@ -7,9 +7,11 @@
 
 #include <c10/core/ScalarType.h>
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 namespace persistence::detail {
@@ -31,6 +33,39 @@ class StagingArena {
   std::unique_ptr<unsigned char[]> memory_;
   std::size_t capacity_ = 0;
   std::size_t used_ = 0;
+};
+
+// Copies source into target, which has its shape and the stored dtype. A
+// contiguous CPU source of the same dtype is copied with memcpy in 2 MiB
+// chunks spread over ATen's intra-op threads, so tensors of a few MiB already
+// use every thread. Anything else goes through copy_, which also converts.
+void copy_snapshot(const at::Tensor& target, const at::Tensor& source);
+
+// Lets the I/O thread pause while the trainer's thread copies a snapshot, so
+// the two do not compete for cores and memory bandwidth during the stall.
+// The copy sends no messages and waits for no other thread, so a paused
+// writer always resumes.
+class SnapshotGate {
+ public:
+  // Closes the gate for the lifetime of the object.
+  class Closed {
+   public:
+    explicit Closed(SnapshotGate& gate);
+    ~Closed();
+    Closed(const Closed&) = delete;
+    Closed& operator=(const Closed&) = delete;
+
+   private:
+    SnapshotGate& gate_;
+  };
+
+  // Returns at once unless a snapshot is being copied, else when it ends.
+  void wait_until_open();
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable opened_;
+  int copies_ = 0;
 };
 
 }  // namespace persistence::detail

@@ -104,9 +104,11 @@ void write_checked_text(hid_t parent, const std::string& name, const std::string
 }
 
 // This rank's share of each key's checksum sum: the bytes of the pieces it writes.
-std::vector<uint64_t> partial_checksums(const Plan& plan, const SaveJob& job, int rank) {
+std::vector<uint64_t> partial_checksums(const Plan& plan, const SaveJob& job, int rank,
+                                        const std::function<void()>& pause_point) {
   std::vector<uint64_t> sums(plan.keys.size(), 0);
   for (size_t k = 0; k < plan.keys.size(); ++k) {
+    if (pause_point) pause_point();
     const PlannedKey& planned = plan.keys[k];
     auto element_size = static_cast<int64_t>(c10::elementSize(planned.dtype));
     std::vector<std::pair<Region, const at::Tensor*>> regions;
@@ -184,7 +186,7 @@ class StepWriter {
     trace(phase::kPlan);
     plan_ = agreed_plan();
     std::vector<uint64_t> sums;
-    run_agreed(comm_, [&] { sums = partial_checksums(plan_, job_, comm_.rank()); });
+    run_agreed(comm_, [&] { sums = partial_checksums(plan_, job_, comm_.rank(), settings_.pause_point); });
     comm_.allreduce_sum(sums);
     checksums_ = std::move(sums);
 
@@ -390,6 +392,7 @@ class StepWriter {
       bool scalar = planned.shape.empty();
       for (size_t round = 0; round < rounds; ++round) {
         const Transfer* transfer = round < mine.size() ? &mine[round] : nullptr;
+        if (settings_.pause_point) settings_.pause_point();
         h5::Handle file_space = file_selection(datasets_[k].get(), transfer, subject);
         h5::Handle memory_space = memory_selection(transfer, scalar, subject);
         static const char empty = 0;

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -45,6 +46,10 @@ struct WriterSettings {
   int64_t max_bytes_per_call = int64_t{1} << 30;
   std::size_t alignment = std::size_t{1} << 20;
   std::size_t alignment_threshold = std::size_t{1} << 20;
+
+  // Called before each key's checksum and each data transfer. A background
+  // writer waits there while the trainer's thread copies a snapshot.
+  std::function<void()> pause_point;
 };
 
 // Counts of collective and independent data transfers, for tests that check
