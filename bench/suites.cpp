@@ -323,9 +323,9 @@ void run_async(const SuiteSettings& settings, Recorder& recorder) {
     // The step is complete and no later save reads it. Removing it keeps the disk use to one step.
     MPI_Barrier(MPI_COMM_WORLD);
     if (world_rank() == 0) std::filesystem::remove(step_path(root, step));
-    // Freeing the blocks of the removed file (and discarding them, on a
-    // file system mounted with discard) keeps kernel threads busy for a
-    // while; let that finish so it does not land in the next stall.
+    // Kernel threads keep freeing (and, with the discard mount option,
+    // discarding) the removed file's blocks for a while. The pause keeps that
+    // work out of the next timed stall.
     ::sync();
     std::this_thread::sleep_for(std::chrono::seconds(1));
     MPI_Barrier(MPI_COMM_WORLD);

@@ -1,11 +1,13 @@
 // Background writes that fail, and the manager's destructor. A WriteGate keeps
 // a queued save from starting while rank 0 breaks the save root. Both ways of
 // breaking it also stop a process running as root: the root is replaced by a
-// regular file, or a directory takes the name of the step file. The next manager call (save_model, save_optimizer, wait,
-// commit or close) must throw on every rank, naming the step and the save; the
-// failed step must not be committed; the previous step must still load, both
-// in the same job after a repair and from a fresh manager. The destructor
-// must drain queued saves and log, never throw, what failed.
+// regular file, or a directory takes the name of the step file.
+//
+// The next manager call (save_model, save_optimizer, wait, commit or close)
+// must throw on every rank, naming the step and the save. The failed step must
+// not be committed. The previous step must still load, both in the same job
+// after a repair and from a fresh manager. The destructor must drain queued
+// saves and log what failed, without throwing.
 
 #include "async_support.h"
 #include "mpi_test_support.h"

@@ -1,5 +1,5 @@
 // A manager in a job that initialised MPI at MPI_THREAD_SERIALIZED. It must
-// log exactly one warning that says how to get background saves, and save
+// log exactly one warning that explains how to get background saves, and save
 // synchronously: the step file is complete when save_model returns, so a
 // change in place right after the call cannot reach the file.
 //

@@ -266,10 +266,10 @@ TEST_F(HdfsFaults, RenameAccessDenied) {
                              {"RENAME", "AccessControlException", step_file_name(1), "Stage-out of"});
 }
 
-// The stage-out of step 1 fails for good while step 2 is open. The error
-// comes from the next manager call; step 1 stays in the staging directory
-// only, and step 2, which was open when the error was reported, is still
-// staged out once a later save seals it, as is step 3.
+// The stage-out of step 1 fails for good while step 2 is open. The next
+// manager call reports the error, and step 1 stays in the staging directory
+// only. Step 2, open when the error was reported, is still staged out once a
+// later save seals it, and so is step 3.
 TEST_F(HdfsFaults, StageOutFailureKeepsOpenStep) {
   if (world_rank() == 0) {
     server_->set_faults(json::parse(R"([{"op": "CREATE", "action": "error", "status": 403,

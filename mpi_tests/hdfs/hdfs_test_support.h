@@ -48,8 +48,8 @@ class ScopedEnvironment {
 
 // The WebHDFS test server, started by rank 0 on 127.0.0.1 with ports that the
 // kernel picks, over the backing directory root. Requests go to log (appended
-// to). The constructor and destructor are collective: rank 0 starts the server
-// and broadcasts its NameNode address; with set_environment, every rank then
+// to). The constructor and destructor are collective. Rank 0 starts the server
+// and broadcasts its NameNode address. With set_environment, every rank then
 // points PERSISTENCE_WEBHDFS_ADDRESS at it until destruction. The destructor stops the
 // server with SIGTERM, then SIGKILL; the server also stops by itself when rank
 // 0's process exits or after ten minutes.

@@ -27,9 +27,10 @@ namespace persistence::detail {
 // Creates remote_dir when missing. An existing remote_dir/final_name is an
 // IoError unless replace_existing is true, in which case it is removed just
 // before the first rename (the local copy stays intact, so nothing is lost if
-// the rename then fails). A retried rename never removes the final file,
-// because it may be this stage-out's own after a lost reply. The temporary file is removed on every failure path,
-// as far as the storage still answers. The local file is never modified.
+// the rename then fails). A retried rename does not remove the final file,
+// because after a lost reply it may be this stage-out's own. The temporary
+// file is removed on every failure path while the storage still responds.
+// The local file is not modified.
 //
 // Throws IoError naming the operation and the path after a non-transient
 // error, or after the policy's attempts or time run out; NotFoundError
