@@ -1,5 +1,7 @@
 #include "io/step_files.h"
 
+#include "io/file_descriptor.h"
+
 #include <persistence/errors.h>
 
 #include <fcntl.h>
@@ -25,21 +27,6 @@ constexpr const char* kTemporaryMarker = ".h5.tmp-";
 [[noreturn]] void fail_errno(const std::string& problem, const std::string& path, int error) {
   throw IoError(problem + ": " + std::strerror(error), ErrorContext{path, {}, std::nullopt, std::nullopt});
 }
-
-// Closes a file descriptor on scope exit.
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  ~FileDescriptor() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 std::string parent_of(const std::string& path) {
   std::string parent = fs::path(path).parent_path().string();

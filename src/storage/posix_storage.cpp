@@ -1,5 +1,6 @@
 #include "storage/posix_storage.h"
 
+#include "io/file_descriptor.h"
 #include "io/step_files.h"
 
 #include <fcntl.h>
@@ -22,21 +23,6 @@ namespace fs = std::filesystem;
   throw StorageError(operation + " failed: " + std::strerror(error), ErrorContext{path, {}, {}, {}},
                      /*transient=*/false);
 }
-
-// Closes a file descriptor on scope exit.
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  ~FileDescriptor() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 std::string parent_of(const std::string& path) {
   std::string parent = fs::path(path).parent_path().string();

@@ -1,6 +1,7 @@
 #include "storage/webhdfs_storage.h"
 
 #include "core/logging.h"
+#include "io/file_descriptor.h"
 
 #include <nlohmann/json.hpp>
 
@@ -24,21 +25,6 @@ using nlohmann::json;
 const std::set<std::string> kTransientExceptions = {
     "StandbyException", "RetriableException", "SafeModeException", "AlreadyBeingCreatedException",
     "ObserverRetryOnActiveException", "LeaseExpiredException"};
-
-// Closes a file descriptor on scope exit.
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  ~FileDescriptor() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 [[noreturn]] void fail_local(const std::string& problem, const std::string& path, int error) {
   throw StorageError(problem + ": " + std::strerror(error), ErrorContext{path, {}, {}, {}}, /*transient=*/false);
