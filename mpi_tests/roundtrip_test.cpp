@@ -246,6 +246,28 @@ TEST_F(RoundTrip, AsyncSaveOfLargeFullTensors) {
   }
 }
 
+// The second save copies the step file, 40 MB here, in more than one chunk of
+// the direct copy; every tensor has a size that is not a multiple of 4 KiB.
+TEST_F(RoundTrip, BlockingSavesOfLargeTensorsExtendTheStep) {
+  StateDict first;
+  first["big"] = deterministic_tensor({5003, 2001}, at::kFloat, 6.0);
+  first["odd"] = deterministic_tensor({262147}, at::kDouble, 7.0);
+  StateDict second;
+  second["rows"] = deterministic_tensor({1501, 333}, at::kFloat, 8.0);
+
+  {
+    PersistenceManager manager(root(), options());
+    save(manager, 3, first, "model");
+    save(manager, 3, second, "ema");
+  }
+
+  PersistenceManager reader(root(), options());
+  const auto resume = reader.load_last_step({.models = {"model", "ema"}});
+  ASSERT_TRUE(resume.has_value()) << "step with model and ema not found at " << where(3);
+  expect_same_states(first, resume->models.at("model").states.load(at::kCPU), 3);
+  expect_same_states(second, resume->models.at("ema").states.load(at::kCPU), 3);
+}
+
 TEST_F(RoundTrip, ModelsAndOptimizerInOneStep) {
   TinyNet net(4, 3, 2);
   torch::optim::Adam adam(net.parameters(), torch::optim::AdamOptions(0.01));

@@ -92,6 +92,14 @@ struct ManagerOptions {
   std::size_t alignment = std::size_t{1} << 20;
   std::size_t alignment_threshold = std::size_t{1} << 20;
 
+  // Datasets of at least alignment_threshold bytes move between memory and
+  // the file with O_DIRECT, each rank moving its own contiguous pieces, so
+  // checkpoint data skips the page cache; HDF5 still creates every object
+  // collectively. false: they go through HDF5's collective MPI-IO transfers,
+  // as smaller datasets always do. File systems without O_DIRECT use the page
+  // cache either way.
+  bool direct_io = true;
+
   // Retention: keep the newest keep_last committed steps (0 keeps every step)
   // and, beyond those, every step that is a multiple of keep_every (0: none).
   // Older steps are removed only after a newer step is committed and every

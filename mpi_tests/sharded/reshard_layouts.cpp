@@ -104,6 +104,13 @@ const std::vector<ReshardTensor>& reshard_tensors() {
       {"mask", {9}, at::kBool, "flat_two_ranges"},
       {"columns", {6, 8}, at::kFloat, "columns"},
       {"columns_3d", {3, 4, 5}, at::kByte, "columns"},
+      // Datasets of 1 MiB and more, which ranks write with O_DIRECT where
+      // their pieces are contiguous in the file; the column boxes are not.
+      {"large_geometric", {1031, 517}, at::kFloat, "flat_geometric"},
+      {"large_rows", {769, 683}, at::kDouble, "rows"},
+      {"large_two_ranges", {300007}, at::kFloat, "flat_two_ranges"},
+      {"large_bf16", {1024, 1500}, at::kBFloat16, "flat_balanced"},
+      {"large_columns", {513, 1027}, at::kFloat, "columns"},
   };
   return tensors;
 }

@@ -383,9 +383,12 @@ class PersistenceManager::Impl {
   // returns its sequence number.
   uint64_t submit(detail::SaveJob job, const std::string& description) {
     uint64_t sequence = ++submitted_;
-    detail::WriterSettings settings{static_cast<int64_t>(options_.max_bytes_per_call), options_.alignment,
-                                    options_.alignment_threshold,
-                                    [gate = snapshot_gate_] { gate->wait_until_open(); }};
+    detail::WriterSettings settings;
+    settings.max_bytes_per_call = static_cast<int64_t>(options_.max_bytes_per_call);
+    settings.alignment = options_.alignment;
+    settings.alignment_threshold = options_.alignment_threshold;
+    settings.direct_io = options_.direct_io;
+    settings.pause_point = [gate = snapshot_gate_] { gate->wait_until_open(); };
     auto shared_job = std::make_shared<detail::SaveJob>(std::move(job));
     const Communicator& comm = io_comm_ ? *io_comm_ : comm_;
     auto work = [shared_job, settings, description, &comm, root = root_] {

@@ -5,6 +5,7 @@
 #include "format/dtype.h"
 #include "format/keys.h"
 #include "format/layout.h"
+#include "io/direct_file.h"
 #include "io/hdf5_file.h"
 #include "io/phase_trace.h"
 #include "io/step_files.h"
@@ -21,7 +22,9 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <exception>
 #include <filesystem>
+#include <memory>
 #include <random>
 #include <set>
 
@@ -30,6 +33,11 @@ namespace {
 
 std::atomic<int64_t> g_collective_transfers{0};
 std::atomic<int64_t> g_independent_transfers{0};
+std::atomic<int64_t> g_direct_transfers{0};
+
+// Transfers whose file runs average less than this go through HDF5: many small
+// direct writes cost more than one collective transfer.
+constexpr int64_t kSmallestDirectRunBytes = int64_t{64} << 10;
 
 std::string iso8601_now() {
   std::time_t now = std::time(nullptr);
@@ -175,6 +183,33 @@ void count_transfer_mode(hid_t dxpl) {
   }
 }
 
+// The contiguous file runs of a transfer, as (first element, element count)
+// pairs in the order of its data. Empty means the transfer goes through HDF5.
+std::vector<std::pair<int64_t, int64_t>> direct_runs(const Shape& shape, const Transfer& transfer,
+                                                     int64_t element_size) {
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  if (shape.empty()) return runs;
+  for (const Box& box : transfer.boxes) {
+    for_each_run(shape, Region(box), [&](int64_t flat_begin, int64_t count) {
+      if (!runs.empty() && runs.back().first + runs.back().second == flat_begin) {
+        runs.back().second += count;
+      } else {
+        runs.emplace_back(flat_begin, count);
+      }
+    });
+  }
+  if (runs.empty() || transfer.count * element_size / static_cast<int64_t>(runs.size()) < kSmallestDirectRunBytes) {
+    runs.clear();
+  }
+  return runs;
+}
+
+// A transfer that a rank writes itself, with its contiguous file runs.
+struct DirectTransfer {
+  Transfer transfer;
+  std::vector<std::pair<int64_t, int64_t>> runs;  // (first element, element count), in data order
+};
+
 class StepWriter {
  public:
   StepWriter(const Communicator& comm, const std::string& root, const SaveJob& job, const WriterSettings& settings)
@@ -258,7 +293,11 @@ class StepWriter {
     run_agreed(comm_, [&] {
       if (comm_.rank() != 0 || !extend_) return;
       trace(phase::kCopy);
-      copy_file(final_path_, temporary_path_);
+      if (settings_.direct_io) {
+        copy_file_directly(final_path_, temporary_path_);
+      } else {
+        copy_file(final_path_, temporary_path_);
+      }
     });
   }
 
@@ -372,19 +411,69 @@ class StepWriter {
     return dataset;
   }
 
-  // Every rank makes the same number of collective calls per key; ranks with
-  // fewer transfers join the extra rounds with an empty selection.
+  // The file offset of each dataset's data when this rank may write it
+  // itself: direct transfers are on, the dataset is contiguous and at least
+  // alignment_threshold bytes (so aligned). The
+  // result is the same on every rank.
+  std::optional<uint64_t> direct_offset(size_t k) const {
+    const PlannedKey& planned = plan_.keys[k];
+    auto bytes = static_cast<uint64_t>(element_count(planned.shape)) * c10::elementSize(planned.dtype);
+    if (!settings_.direct_io || planned.shape.empty() || bytes == 0 || bytes < settings_.alignment_threshold) {
+      return std::nullopt;
+    }
+    haddr_t offset = H5Dget_offset(datasets_[k].get());
+    if (offset == HADDR_UNDEF) return std::nullopt;
+    return static_cast<uint64_t>(offset);
+  }
+
+  // Each rank writes its contiguous pieces of large datasets itself (see
+  // DirectFile) and the rest through collective HDF5 calls. Every rank makes
+  // the same number of collective calls per key; ranks with fewer such
+  // transfers join the extra rounds with an empty selection. A failed direct
+  // write is rethrown after the collective calls, so no rank is left waiting.
   void write_data() {
+    std::unique_ptr<DirectFile> direct_file;
+    std::exception_ptr direct_error;
     for (size_t k = 0; k < plan_.keys.size(); ++k) {
       const PlannedKey& planned = plan_.keys[k];
-      int64_t max_elements = std::max<int64_t>(
-          1, settings_.max_bytes_per_call / static_cast<int64_t>(c10::elementSize(planned.dtype)));
+      auto element_size = static_cast<int64_t>(c10::elementSize(planned.dtype));
+      int64_t max_elements = std::max<int64_t>(1, settings_.max_bytes_per_call / element_size);
+      std::optional<uint64_t> offset = direct_offset(k);
       size_t rounds = 0;
       std::vector<Transfer> mine;
+      std::vector<DirectTransfer> direct;
       for (int r = 0; r < comm_.size(); ++r) {
         std::vector<Transfer> transfers = transfers_for(plan_, k, r, PlanUse::kSave, max_elements);
-        rounds = std::max(rounds, transfers.size());
-        if (r == comm_.rank()) mine = std::move(transfers);
+        size_t through_hdf5 = 0;
+        for (Transfer& transfer : transfers) {
+          std::vector<std::pair<int64_t, int64_t>> runs;
+          if (offset) runs = direct_runs(planned.shape, transfer, element_size);
+          if (runs.empty()) {
+            ++through_hdf5;
+            if (r == comm_.rank()) mine.push_back(transfer);
+          } else if (r == comm_.rank()) {
+            direct.push_back(DirectTransfer{transfer, std::move(runs)});
+          }
+        }
+        rounds = std::max(rounds, through_hdf5);
+      }
+
+      int64_t first = planned.sharded ? 0 : full_offset(job_, k);
+      for (const auto& [transfer, runs] : direct) {
+        if (direct_error) break;
+        if (settings_.pause_point) settings_.pause_point();
+        try {
+          if (!direct_file) direct_file = std::make_unique<DirectFile>(temporary_path_, DirectFile::Mode::kWrite);
+          const char* data = data_pointer(job_.pieces[k][transfer.piece], transfer.data_offset - first);
+          for (const auto& [flat_begin, count] : runs) {
+            direct_file->write(*offset + static_cast<uint64_t>(flat_begin * element_size), data,
+                               static_cast<uint64_t>(count * element_size));
+            data += count * element_size;
+          }
+          ++g_direct_transfers;
+        } catch (...) {
+          direct_error = std::current_exception();
+        }
       }
 
       std::string subject = temporary_path_ + " dataset '" + planned.key + "'";
@@ -397,16 +486,15 @@ class StepWriter {
         h5::Handle memory_space = memory_selection(transfer, scalar, subject);
         static const char empty = 0;
         const void* buffer = &empty;
-        if (transfer != nullptr) {
-          int64_t first = planned.sharded ? 0 : full_offset(job_, k);
-          buffer = data_pointer(job_.pieces[k][transfer->piece], transfer->data_offset - first);
-        }
+        if (transfer != nullptr) buffer = data_pointer(job_.pieces[k][transfer->piece], transfer->data_offset - first);
         h5::check_status(
             H5Dwrite(datasets_[k].get(), type.get(), memory_space.get(), file_space.get(), transfer_.get(), buffer),
             "H5Dwrite", subject);
         count_transfer_mode(transfer_.get());
       }
     }
+    if (direct_error) std::rethrow_exception(direct_error);
+    if (direct_file) direct_file->sync();
   }
 
   void flush_and_close() {
@@ -452,7 +540,9 @@ class StepWriter {
 
 }  // namespace
 
-TransferModeCounts transfer_mode_counts() { return {g_collective_transfers.load(), g_independent_transfers.load()}; }
+TransferModeCounts transfer_mode_counts() {
+  return {g_collective_transfers.load(), g_independent_transfers.load(), g_direct_transfers.load()};
+}
 
 void write_step(const Communicator& comm, const std::string& root, const SaveJob& job,
                 const WriterSettings& settings) {

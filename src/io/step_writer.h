@@ -47,16 +47,22 @@ struct WriterSettings {
   std::size_t alignment = std::size_t{1} << 20;
   std::size_t alignment_threshold = std::size_t{1} << 20;
 
+  // Each rank writes its contiguous pieces of datasets of at least
+  // alignment_threshold bytes itself, with O_DIRECT, instead of through
+  // HDF5's collective MPI-IO transfers.
+  bool direct_io = true;
+
   // Called before each key's checksum and each data transfer. A background
   // writer waits there while the trainer's thread copies a snapshot.
   std::function<void()> pause_point;
 };
 
-// Counts of collective and independent data transfers, for tests that check
-// that writes stay collective.
+// Counts of data transfers by kind, for tests that check that writes stay
+// collective or go direct.
 struct TransferModeCounts {
   int64_t collective = 0;
   int64_t independent = 0;
+  int64_t direct = 0;  // written by the rank itself (DirectFile)
 };
 TransferModeCounts transfer_mode_counts();
 

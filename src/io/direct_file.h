@@ -1,0 +1,60 @@
+// Moves large byte ranges between memory and a file with O_DIRECT, so that
+// tensor data skips the page cache. On this kind of virtual machine a write
+// into new page-cache pages can run ten times slower than the disk (see
+// docs/design.md, "Direct transfers"), and a checkpoint is read once, so
+// caching it buys nothing.
+#pragma once
+
+#include "io/file_descriptor.h"
+
+#include <cstdint>
+#include <string>
+
+namespace persistence::detail {
+
+// Offsets and lengths that O_DIRECT transfers are aligned to. 4 KiB covers the
+// logical block size of the usual disks and the memory alignment they need.
+inline constexpr uint64_t kDirectAlignment = 4096;
+
+// One open file. Each range is split into an aligned middle, moved with
+// O_DIRECT, and unaligned ends, moved through the page cache. Memory that is
+// not aligned like the file offset goes through a reused, aligned bounce
+// buffer in 4 MiB chunks.
+//
+// Where the file system refuses O_DIRECT (tmpfs), every byte uses the page
+// cache. Different objects may be used from different threads.
+class DirectFile {
+ public:
+  enum class Mode { kRead, kWrite };
+
+  // Throws IoError when path cannot be opened.
+  DirectFile(const std::string& path, Mode mode);
+
+  // Writes bytes at offset. Throws IoError on failure (ENOSPC, EFBIG, EIO).
+  void write(uint64_t offset, const void* data, uint64_t bytes);
+
+  // Reads exactly bytes at offset. Throws IoError on failure or a short file.
+  void read(uint64_t offset, void* data, uint64_t bytes);
+
+  // fdatasync: written data and the device cache reach the disk.
+  void sync();
+
+  // Whether O_DIRECT was available.
+  bool direct() const { return direct_.get() >= 0; }
+
+ private:
+  void transfer_plain(uint64_t offset, char* data, uint64_t bytes);
+  void transfer_direct(uint64_t offset, char* data, uint64_t bytes);
+
+  std::string path_;
+  Mode mode_;
+  FileDescriptor plain_;
+  FileDescriptor direct_;
+};
+
+// Copies the file from to to (created or truncated) with O_DIRECT reads and
+// writes in 32 MiB chunks, without a sync. Copying parts on every rank at
+// once measured no faster on one disk. Throws IoError.
+void copy_file_directly(const std::string& from, const std::string& to);
+
+}  // namespace persistence::detail
