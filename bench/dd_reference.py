@@ -1,6 +1,8 @@
 """The disk's sequential bandwidth with dd, for the same byte count as a
 checkpoint: a buffered write of a new file ending in fsync (conv=fsync), then
-a read of it after the page cache is dropped. No MPI.
+a read of it after the page cache is dropped; then the same with O_DIRECT
+(oflag=direct, iflag=direct), which skips the page cache as persistence does
+for large datasets. No MPI.
 
     /usr/bin/python3 bench/dd_reference.py --bytes 3221225472 --dir /tmp/scratch --out results.jsonl
 """
@@ -12,6 +14,7 @@ import subprocess
 import time
 
 BLOCK = 1 << 20
+DIRECT_BLOCK = 16 << 20  # larger requests keep more of the disk busy without the page cache
 
 
 def drop_page_cache():
@@ -49,7 +52,7 @@ def main():
     parser.add_argument("--mode", default="full")
     arguments = parser.parse_args()
 
-    blocks = -(-arguments.bytes // BLOCK)
+    blocks = -(-arguments.bytes // DIRECT_BLOCK) * 16  # a multiple of both block sizes
     path = os.path.join(arguments.dir, "dd_reference.bin")
     common = {"workload": arguments.workload, "ranks": 1, "scale": arguments.scale, "series": "default",
               "mode": arguments.mode, "bytes": blocks * BLOCK}
@@ -63,6 +66,13 @@ def main():
         cold = drop_page_cache()
         seconds = timed_dd(f"if={path}", "of=/dev/null", f"bs={BLOCK}")
         record(arguments.out, dict(common, system="dd", operation="read", run=run, seconds=seconds, cold_cache=cold))
+        os.remove(path)
+        os.sync()
+        seconds = timed_dd("if=/dev/zero", f"of={path}", f"bs={DIRECT_BLOCK}", f"count={blocks // 16}",
+                           "oflag=direct", "conv=fsync")
+        record(arguments.out, dict(common, system="dd", operation="write_direct", run=run, seconds=seconds))
+        seconds = timed_dd(f"if={path}", "of=/dev/null", f"bs={DIRECT_BLOCK}", "iflag=direct")
+        record(arguments.out, dict(common, system="dd", operation="read_direct", run=run, seconds=seconds))
     os.remove(path)
 
 

@@ -86,6 +86,7 @@ SAVE_ROWS = [
     ("  of which save_optimizer (moments; copies the step file first)",
      dict(system="persistence", operation="save_optimizer")),
     ("dd write, conv=fsync (1 process)", dict(system="dd", operation="write_fsync", ranks=1)),
+    ("dd write, oflag=direct conv=fsync (1 process)", dict(system="dd", operation="write_direct", ranks=1)),
     ("torch.save + fsync", dict(system="torch.save", operation="save")),
     ("torch.save, no fsync", dict(system="torch.save", operation="save_no_fsync")),
     ("h5py, one dataset per tensor, collective", dict(system="h5py", operation="save")),
@@ -95,6 +96,7 @@ LOAD_ROWS = [
     ("persistence load_into, checksums on", dict(system="persistence", operation="load", checksums=True)),
     ("persistence load_into, checksums off", dict(system="persistence", operation="load", checksums=False)),
     ("dd read (1 process)", dict(system="dd", operation="read", ranks=1)),
+    ("dd read, iflag=direct (1 process)", dict(system="dd", operation="read_direct", ranks=1)),
     ("torch.load", dict(system="torch.load", operation="load")),
     ("h5py, collective", dict(system="h5py", operation="load")),
     ("persistence load_last_step (verifies every checksum)", dict(system="persistence", operation="resume_scan")),
@@ -290,9 +292,11 @@ def target_rows(results, ranks):
     count = small[0].get("tensors", "?") if small else "?"
     rows = [
         ("blocking save ≥ 0.85 × dd write (conv=fsync)", 0.85, ratio(save, throughput(results, operation="write_fsync", **dd)), ">="),
+        ("blocking save ≥ 0.85 × dd write (oflag=direct), not a target", 0.85, ratio(save, throughput(results, operation="write_direct", **dd)), ">="),
         ("blocking save ≥ 1.5 × torch.save + fsync", 1.5, ratio(save, throughput(results, system="torch.save", operation="save", **w1)), ">="),
         ("blocking save ≥ 1.5 × torch.save without fsync", 1.5, ratio(save, throughput(results, system="torch.save", operation="save_no_fsync", **w1)), ">="),
         ("load ≥ 0.85 × dd read", 0.85, ratio(load, throughput(results, operation="read", **dd)), ">="),
+        ("load ≥ 0.85 × dd read (iflag=direct), not a target", 0.85, ratio(load, throughput(results, operation="read_direct", **dd)), ">="),
         ("load ≥ 1.5 × torch.load", 1.5, ratio(load, throughput(results, system="torch.load", **w1)), ">="),
         (f"{count} small tensors: save ≥ 1 × torch.save + fsync", 1.0, ratio(small_save, throughput(results, system="torch.save", operation="save", **w2)), ">="),
         (f"{count} small tensors: save ≥ 2 × h5py", 2.0, ratio(small_save, throughput(results, system="h5py", operation="save", **w2)), ">="),
