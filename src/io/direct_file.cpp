@@ -102,18 +102,23 @@ DirectFile::DirectFile(const std::string& path, Mode mode)
   if (plain_.get() < 0) fail("Cannot open the step file", path, errno);
 }
 
-void DirectFile::write(uint64_t offset, const void* data, uint64_t bytes) {
+void DirectFile::write(uint64_t offset, const void* data, uint64_t bytes, const Visitor& visit) {
   // The caller's bytes are only read; the shared code path takes a mutable pointer.
   char* bytes_pointer = const_cast<char*>(static_cast<const char*>(data));
   uint64_t middle_begin = round_up(offset);
   uint64_t middle_end = round_down(offset + bytes);
   if (!direct() || middle_end <= middle_begin) {
     transfer_plain(offset, bytes_pointer, bytes);
+    if (visit) visit(bytes_pointer, 0, bytes);
     return;
   }
-  transfer_plain(offset, bytes_pointer, middle_begin - offset);
-  transfer_direct(middle_begin, bytes_pointer + (middle_begin - offset), middle_end - middle_begin);
-  transfer_plain(middle_end, bytes_pointer + (middle_end - offset), offset + bytes - middle_end);
+  uint64_t head = middle_begin - offset;
+  uint64_t tail_index = middle_end - offset;
+  transfer_plain(offset, bytes_pointer, head);
+  if (visit && head > 0) visit(bytes_pointer, 0, head);
+  transfer_direct(middle_begin, bytes_pointer + head, middle_end - middle_begin, visit, head);
+  transfer_plain(middle_end, bytes_pointer + tail_index, bytes - tail_index);
+  if (visit && bytes > tail_index) visit(bytes_pointer + tail_index, tail_index, bytes - tail_index);
 }
 
 void DirectFile::read(uint64_t offset, void* data, uint64_t bytes) {
@@ -125,7 +130,7 @@ void DirectFile::read(uint64_t offset, void* data, uint64_t bytes) {
     return;
   }
   transfer_plain(offset, bytes_pointer, middle_begin - offset);
-  transfer_direct(middle_begin, bytes_pointer + (middle_begin - offset), middle_end - middle_begin);
+  transfer_direct(middle_begin, bytes_pointer + (middle_begin - offset), middle_end - middle_begin, {}, 0);
   transfer_plain(middle_end, bytes_pointer + (middle_end - offset), offset + bytes - middle_end);
 }
 
@@ -137,11 +142,15 @@ void DirectFile::transfer_plain(uint64_t offset, char* data, uint64_t bytes) {
   if (bytes > 0) move_all(plain_.get(), mode_, offset, data, bytes, path_, false);
 }
 
-void DirectFile::transfer_direct(uint64_t offset, char* data, uint64_t bytes) {
+void DirectFile::transfer_direct(uint64_t offset, char* data, uint64_t bytes, const Visitor& visit,
+                                 uint64_t first_index) {
   int fd = direct_.get();
+  uint64_t visited = 0;  // bytes already shown to visit
   try {
     if (aligned(data)) {
       move_all(fd, mode_, offset, data, bytes, path_, true);
+      if (visit) visit(data, first_index, bytes);
+      visited = bytes;
       return;
     }
     // Copying a chunk and then moving it, one after the other, measured
@@ -154,6 +163,8 @@ void DirectFile::transfer_direct(uint64_t offset, char* data, uint64_t bytes) {
       uint64_t length = std::min(bytes - begin, kChunkBytes);
       if (mode_ == Mode::kWrite) {
         std::memcpy(buffer.chunk, data + begin, length);
+        if (visit) visit(buffer.chunk, first_index + begin, length);
+        visited = begin + length;
         move_all(fd, mode_, offset + begin, buffer.chunk, length, path_, true);
       } else {
         move_all(fd, mode_, offset + begin, buffer.chunk, length, path_, true);
@@ -164,6 +175,7 @@ void DirectFile::transfer_direct(uint64_t offset, char* data, uint64_t bytes) {
     // The file system takes O_DIRECT at open but not for this transfer; the
     // page cache moves the whole range again, which is idempotent.
     transfer_plain(offset, data, bytes);
+    if (visit && bytes > visited) visit(data + visited, first_index + visited, bytes - visited);
   }
 }
 

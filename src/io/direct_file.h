@@ -8,6 +8,7 @@
 #include "io/file_descriptor.h"
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace persistence::detail {
@@ -30,8 +31,14 @@ class DirectFile {
   // Throws IoError when path cannot be opened.
   DirectFile(const std::string& path, Mode mode);
 
-  // Writes bytes at offset. Throws IoError on failure (ENOSPC, EFBIG, EIO).
-  void write(uint64_t offset, const void* data, uint64_t bytes);
+  // Sees every byte of a write once, in pieces: data holds the bytes
+  // [index, index + length) of the range. A piece that went through the bounce
+  // buffer is shown there, while it is still in the processor cache.
+  using Visitor = std::function<void(const char* data, uint64_t index, uint64_t length)>;
+
+  // Writes bytes at offset, showing them to visit when it is set. Throws
+  // IoError on failure (ENOSPC, EFBIG, EIO).
+  void write(uint64_t offset, const void* data, uint64_t bytes, const Visitor& visit = {});
 
   // Reads exactly bytes at offset. Throws IoError on failure or a short file.
   void read(uint64_t offset, void* data, uint64_t bytes);
@@ -44,7 +51,8 @@ class DirectFile {
 
  private:
   void transfer_plain(uint64_t offset, char* data, uint64_t bytes);
-  void transfer_direct(uint64_t offset, char* data, uint64_t bytes);
+  // Moves an aligned range; visit gets indexes from first_index on.
+  void transfer_direct(uint64_t offset, char* data, uint64_t bytes, const Visitor& visit, uint64_t first_index);
 
   std::string path_;
   Mode mode_;

@@ -111,34 +111,6 @@ void write_checked_text(hid_t parent, const std::string& name, const std::string
   h5::write_attribute(dataset.get(), layout::kAttrChecksum, text_checksum(text));
 }
 
-// This rank's share of each key's checksum sum: the bytes of the pieces it writes.
-std::vector<uint64_t> partial_checksums(const Plan& plan, const SaveJob& job, int rank,
-                                        const std::function<void()>& pause_point) {
-  std::vector<uint64_t> sums(plan.keys.size(), 0);
-  for (size_t k = 0; k < plan.keys.size(); ++k) {
-    if (pause_point) pause_point();
-    const PlannedKey& planned = plan.keys[k];
-    auto element_size = static_cast<int64_t>(c10::elementSize(planned.dtype));
-    std::vector<std::pair<Region, const at::Tensor*>> regions;
-    if (planned.sharded) {
-      for (size_t p = 0; p < job.views[k].regions.size(); ++p) regions.emplace_back(job.views[k].regions[p], &job.pieces[k][p]);
-    } else {
-      check_staged_share(plan, job, k, rank);
-      regions.emplace_back(full_tensor_share(plan, k, rank), &job.pieces[k][0]);
-    }
-    for (const auto& [region, tensor] : regions) {
-      // A full tensor's piece starts at element full_offset; a shard's data starts at its own first element.
-      int64_t cursor = planned.sharded ? 0 : std::get<FlatRange>(region).begin - full_offset(job, k);
-      for_each_run(planned.shape, region, [&](int64_t flat_begin, int64_t count) {
-        sums[k] += checksum_piece(data_pointer(*tensor, cursor), static_cast<uint64_t>(flat_begin * element_size),
-                                  static_cast<uint64_t>(count * element_size));
-        cursor += count;
-      });
-    }
-  }
-  return sums;
-}
-
 h5::Handle file_selection(hid_t dataset, const Transfer* transfer, const std::string& subject) {
   h5::Handle space = h5::space_handle(h5::check_id(H5Dget_space(dataset), "H5Dget_space", subject));
   if (transfer == nullptr) {
@@ -183,12 +155,14 @@ void count_transfer_mode(hid_t dxpl) {
   }
 }
 
-// The contiguous file runs of a transfer, as (first element, element count)
-// pairs in the order of its data. Empty means the transfer goes through HDF5.
-std::vector<std::pair<int64_t, int64_t>> direct_runs(const Shape& shape, const Transfer& transfer,
-                                                     int64_t element_size) {
+// The contiguous runs of a transfer in the dataset, as (first element,
+// element count) pairs in the order of its data.
+std::vector<std::pair<int64_t, int64_t>> transfer_runs(const Shape& shape, const Transfer& transfer) {
   std::vector<std::pair<int64_t, int64_t>> runs;
-  if (shape.empty()) return runs;
+  if (shape.empty()) {
+    if (transfer.count > 0) runs.emplace_back(0, transfer.count);  // a 0-d dataset holds one element
+    return runs;
+  }
   for (const Box& box : transfer.boxes) {
     for_each_run(shape, Region(box), [&](int64_t flat_begin, int64_t count) {
       if (!runs.empty() && runs.back().first + runs.back().second == flat_begin) {
@@ -198,14 +172,18 @@ std::vector<std::pair<int64_t, int64_t>> direct_runs(const Shape& shape, const T
       }
     });
   }
-  if (runs.empty() || transfer.count * element_size / static_cast<int64_t>(runs.size()) < kSmallestDirectRunBytes) {
-    runs.clear();
-  }
   return runs;
 }
 
-// A transfer that a rank writes itself, with its contiguous file runs.
-struct DirectTransfer {
+// Whether a rank writes a transfer with these runs itself rather than through HDF5.
+bool worth_writing_directly(const std::vector<std::pair<int64_t, int64_t>>& runs, const Transfer& transfer,
+                            int64_t element_size) {
+  return !runs.empty() &&
+         transfer.count * element_size / static_cast<int64_t>(runs.size()) >= kSmallestDirectRunBytes;
+}
+
+// A transfer with its contiguous runs in the dataset.
+struct PlannedTransfer {
   Transfer transfer;
   std::vector<std::pair<int64_t, int64_t>> runs;  // (first element, element count), in data order
 };
@@ -220,10 +198,6 @@ class StepWriter {
   void run() {
     trace(phase::kPlan);
     plan_ = agreed_plan();
-    std::vector<uint64_t> sums;
-    run_agreed(comm_, [&] { sums = partial_checksums(plan_, job_, comm_.rank(), settings_.pause_point); });
-    comm_.allreduce_sum(sums);
-    checksums_ = std::move(sums);
 
     try {
       prepare_temporary();
@@ -233,6 +207,9 @@ class StepWriter {
       run_agreed(comm_, [&] { create_objects(); });
       trace(phase::kWrite);
       run_agreed(comm_, [&] { with_free_space([&] { write_data(); }); });
+      // Each rank summed its bytes as it wrote them, so no separate pass reads them.
+      comm_.allreduce_sum(checksums_);
+      run_agreed(comm_, [&] { write_checksums(); });
       trace(phase::kClose);
       run_agreed(comm_, [&] { with_free_space([&] { flush_and_close(); }); });
       run_agreed(comm_, [&] { publish(); });
@@ -400,11 +377,8 @@ class StepWriter {
         H5Dcreate2(parent, link_name.c_str(), type.get(), space.get(), H5P_DEFAULT, dcpl, H5P_DEFAULT), "H5Dcreate2",
         subject));
 
-    int64_t total_bytes = element_count(planned.shape) * static_cast<int64_t>(c10::elementSize(planned.dtype));
     h5::write_attribute(dataset.get(), layout::kAttrKey, planned.key);
     h5::write_attribute(dataset.get(), layout::kAttrTorchDtype, dtype_name(planned.dtype));
-    h5::write_attribute(dataset.get(), layout::kAttrChecksum,
-                        checksum_finish(checksums_[k], static_cast<uint64_t>(total_bytes)));
     if (job_.source_dtypes[k] && *job_.source_dtypes[k] != planned.dtype) {
       h5::write_attribute(dataset.get(), layout::kAttrSourceDtype, dtype_name(*job_.source_dtypes[k]));
     }
@@ -434,25 +408,26 @@ class StepWriter {
   void write_data() {
     std::unique_ptr<DirectFile> direct_file;
     std::exception_ptr direct_error;
+    checksums_.assign(plan_.keys.size(), 0);
     for (size_t k = 0; k < plan_.keys.size(); ++k) {
       const PlannedKey& planned = plan_.keys[k];
+      if (!planned.sharded) check_staged_share(plan_, job_, k, comm_.rank());
       auto element_size = static_cast<int64_t>(c10::elementSize(planned.dtype));
       int64_t max_elements = std::max<int64_t>(1, settings_.max_bytes_per_call / element_size);
       std::optional<uint64_t> offset = direct_offset(k);
       size_t rounds = 0;
-      std::vector<Transfer> mine;
-      std::vector<DirectTransfer> direct;
+      std::vector<PlannedTransfer> mine;    // through HDF5
+      std::vector<PlannedTransfer> direct;  // written here
       for (int r = 0; r < comm_.size(); ++r) {
         std::vector<Transfer> transfers = transfers_for(plan_, k, r, PlanUse::kSave, max_elements);
         size_t through_hdf5 = 0;
         for (Transfer& transfer : transfers) {
           std::vector<std::pair<int64_t, int64_t>> runs;
-          if (offset) runs = direct_runs(planned.shape, transfer, element_size);
-          if (runs.empty()) {
-            ++through_hdf5;
-            if (r == comm_.rank()) mine.push_back(transfer);
-          } else if (r == comm_.rank()) {
-            direct.push_back(DirectTransfer{transfer, std::move(runs)});
+          if (offset || r == comm_.rank()) runs = transfer_runs(planned.shape, transfer);
+          bool directly = offset && worth_writing_directly(runs, transfer, element_size);
+          if (!directly) ++through_hdf5;
+          if (r == comm_.rank()) {
+            (directly ? direct : mine).push_back(PlannedTransfer{transfer, std::move(runs)});
           }
         }
         rounds = std::max(rounds, through_hdf5);
@@ -466,8 +441,11 @@ class StepWriter {
           if (!direct_file) direct_file = std::make_unique<DirectFile>(temporary_path_, DirectFile::Mode::kWrite);
           const char* data = data_pointer(job_.pieces[k][transfer.piece], transfer.data_offset - first);
           for (const auto& [flat_begin, count] : runs) {
-            direct_file->write(*offset + static_cast<uint64_t>(flat_begin * element_size), data,
-                               static_cast<uint64_t>(count * element_size));
+            auto tensor_offset = static_cast<uint64_t>(flat_begin * element_size);
+            direct_file->write(*offset + tensor_offset, data, static_cast<uint64_t>(count * element_size),
+                               [&](const char* bytes, uint64_t index, uint64_t length) {
+                                 checksums_[k] += checksum_piece(bytes, tensor_offset + index, length);
+                               });
             data += count * element_size;
           }
           ++g_direct_transfers;
@@ -480,13 +458,21 @@ class StepWriter {
       h5::Handle type = hdf5_type(planned.dtype);
       bool scalar = planned.shape.empty();
       for (size_t round = 0; round < rounds; ++round) {
-        const Transfer* transfer = round < mine.size() ? &mine[round] : nullptr;
+        const Transfer* transfer = round < mine.size() ? &mine[round].transfer : nullptr;
         if (settings_.pause_point) settings_.pause_point();
         h5::Handle file_space = file_selection(datasets_[k].get(), transfer, subject);
         h5::Handle memory_space = memory_selection(transfer, scalar, subject);
         static const char empty = 0;
         const void* buffer = &empty;
-        if (transfer != nullptr) buffer = data_pointer(job_.pieces[k][transfer->piece], transfer->data_offset - first);
+        if (transfer != nullptr) {
+          buffer = data_pointer(job_.pieces[k][transfer->piece], transfer->data_offset - first);
+          const char* data = static_cast<const char*>(buffer);
+          for (const auto& [flat_begin, count] : mine[round].runs) {
+            checksums_[k] += checksum_piece(data, static_cast<uint64_t>(flat_begin * element_size),
+                                            static_cast<uint64_t>(count * element_size));
+            data += count * element_size;
+          }
+        }
         h5::check_status(
             H5Dwrite(datasets_[k].get(), type.get(), memory_space.get(), file_space.get(), transfer_.get(), buffer),
             "H5Dwrite", subject);
@@ -495,6 +481,15 @@ class StepWriter {
     }
     if (direct_error) std::rethrow_exception(direct_error);
     if (direct_file) direct_file->sync();
+  }
+
+  // Collective: every rank writes the same attributes.
+  void write_checksums() {
+    for (size_t k = 0; k < plan_.keys.size(); ++k) {
+      const PlannedKey& planned = plan_.keys[k];
+      auto total_bytes = static_cast<uint64_t>(element_count(planned.shape)) * c10::elementSize(planned.dtype);
+      h5::write_attribute(datasets_[k].get(), layout::kAttrChecksum, checksum_finish(checksums_[k], total_bytes));
+    }
   }
 
   void flush_and_close() {
