@@ -97,7 +97,8 @@ struct ManagerOptions {
   // checkpoint data skips the page cache; HDF5 still creates every object
   // collectively. false: they go through HDF5's collective MPI-IO transfers,
   // as smaller datasets always do. File systems without O_DIRECT use the page
-  // cache either way.
+  // cache either way. PERSISTENCE_DIRECT_IO=0 (or false, no, off) turns it
+  // off without a rebuild.
   bool direct_io = true;
 
   // Retention: keep the newest keep_last committed steps (0 keeps every step)

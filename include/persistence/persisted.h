@@ -35,6 +35,7 @@ struct PersistedStates {
   std::string group;  // HDF5 group of the tensors, e.g. /models/model/states
   bool verify_checksums = true;
   MPI_Comm comm = MPI_COMM_WORLD;  // communicator of load_into
+  bool direct_io = true;           // load_into reads large contiguous pieces with O_DIRECT (see ManagerOptions)
 
   // Reads every tensor in full onto device, verifying checksums. Local: each
   // calling process opens the file on its own.

@@ -16,6 +16,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -170,6 +171,19 @@ TEST(ReshardSave, DirectIoOffSendsEveryPieceThroughHdf5) {
   EXPECT_EQ(after.independent, before.independent)
       << where(kReshardStep) << ": " << after.independent - before.independent
       << " HDF5 transfers of this process were independent";
+}
+
+TEST(ReshardSave, DirectIoVariableTurnsItOff) {
+  SharedTempDir dir("direct_variable");
+  ::setenv("PERSISTENCE_DIRECT_IO", "0", 1);
+  const detail::TransferModeCounts before = detail::transfer_mode_counts();
+  EXPECT_NO_THROW(save(dir.join("checkpoints"), dir.join("registry"), reshard_states(world_size(), world_rank())))
+      << where(kReshardStep);
+  const detail::TransferModeCounts after = detail::transfer_mode_counts();
+  ::unsetenv("PERSISTENCE_DIRECT_IO");
+
+  EXPECT_EQ(after.direct, before.direct) << where(kReshardStep) << ": " << after.direct - before.direct
+                                         << " pieces were written directly with PERSISTENCE_DIRECT_IO=0";
 }
 
 }  // namespace

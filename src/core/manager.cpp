@@ -585,7 +585,8 @@ class PersistenceManager::Impl {
       model.name = name;
       model.step = info.step;
       model.config = PersistedConfig{path, base + "/" + detail::layout::kConfig};
-      model.states = PersistedStates{path, base + "/" + detail::layout::kStates, options_.verify_checksums, options_.comm};
+      model.states = PersistedStates{path, base + "/" + detail::layout::kStates, options_.verify_checksums,
+                                     options_.comm, options_.direct_io};
       state.models.emplace(name, std::move(model));
     }
     for (const auto& name : info.optimizers) {
@@ -594,8 +595,8 @@ class PersistenceManager::Impl {
       optimizer.name = name;
       optimizer.step = info.step;
       optimizer.param_groups = PersistedConfig{path, base + "/" + detail::layout::kParamGroups};
-      optimizer.states =
-          PersistedStates{path, base + "/" + detail::layout::kStates, options_.verify_checksums, options_.comm};
+      optimizer.states = PersistedStates{path, base + "/" + detail::layout::kStates, options_.verify_checksums,
+                                         options_.comm, options_.direct_io};
       state.optimizers.emplace(name, std::move(optimizer));
     }
     return state;

@@ -24,7 +24,7 @@ std::string default_registry_dir() {
 
 // The one place where the library reads its environment variables:
 // PERSISTENCE_TASK_ID, PERSISTENCE_REGISTRY, PERSISTENCE_COLLECTIVE_TIMEOUT,
-// PERSISTENCE_STAGING_DIR, TMPDIR, XDG_CACHE_HOME and HOME. The HDFS settings
+// PERSISTENCE_STAGING_DIR, PERSISTENCE_DIRECT_IO, TMPDIR, XDG_CACHE_HOME and HOME. The HDFS settings
 // fall back to environment variables in HdfsConfig::resolve (src/storage), only
 // for hdfs:// paths.
 ManagerOptions ManagerOptions::resolved() const {
@@ -36,6 +36,9 @@ ManagerOptions ManagerOptions::resolved() const {
   if (result.alignment == 0) result.alignment = 1;
   if (result.staging_dir.empty()) result.staging_dir = environment("PERSISTENCE_STAGING_DIR");
   if (result.local_steps_kept < 1) result.local_steps_kept = 1;
+  // direct_io has no unset state, so the variable can only turn it off.
+  std::string direct = environment("PERSISTENCE_DIRECT_IO");
+  if (direct == "0" || direct == "false" || direct == "no" || direct == "off") result.direct_io = false;
   if (result.collective_timeout.count() <= 0) {
     std::string seconds = environment("PERSISTENCE_COLLECTIVE_TIMEOUT");
     double value = seconds.empty() ? 0.0 : std::atof(seconds.c_str());

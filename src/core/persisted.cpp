@@ -34,7 +34,7 @@ void PersistedStates::load_into(StateDict& target) const {
   detail::ensure_mpi_initialized();
   detail::h5::silence_errors();
   detail::Communicator communicator = detail::Communicator::duplicate(comm);
-  detail::read_into(communicator, path, group, target, verify_checksums, int64_t{1} << 30);
+  detail::read_into(communicator, path, group, target, verify_checksums, int64_t{1} << 30, direct_io);
 }
 
 std::vector<std::string> PersistedStates::keys() const {

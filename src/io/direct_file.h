@@ -10,12 +10,27 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace persistence::detail {
 
 // Offsets and lengths that O_DIRECT transfers are aligned to. 4 KiB covers the
 // logical block size of the usual disks and the memory alignment they need.
 inline constexpr uint64_t kDirectAlignment = 4096;
+
+// Datasets smaller than this are read through HDF5. Writes use the manager's
+// alignment_threshold instead, which also places the data on a boundary.
+inline constexpr uint64_t kSmallestDirectDataset = uint64_t{1} << 20;
+
+// Whether a rank moves a transfer with these runs (transfer_runs) itself
+// rather than through HDF5: only when the runs average at least 64 KiB, since
+// many short direct calls cost more than one collective transfer.
+inline bool worth_moving_directly(const std::vector<std::pair<int64_t, int64_t>>& runs, int64_t count,
+                                  int64_t element_size) {
+  constexpr int64_t kSmallestAverageRunBytes = int64_t{64} << 10;
+  return !runs.empty() && count * element_size / static_cast<int64_t>(runs.size()) >= kSmallestAverageRunBytes;
+}
 
 // One open file. Each range is split into an aligned middle, moved with
 // O_DIRECT, and unaligned ends, moved through the page cache. Memory that is

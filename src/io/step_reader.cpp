@@ -5,6 +5,7 @@
 #include "format/dtype.h"
 #include "format/keys.h"
 #include "format/layout.h"
+#include "io/direct_file.h"
 #include "io/hdf5_file.h"
 #include "shard/plan.h"
 
@@ -15,6 +16,8 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
+#include <optional>
 
 namespace persistence::detail {
 namespace {
@@ -294,7 +297,7 @@ std::vector<ReadBuffer> make_buffers(StateValue& value, c10::ScalarType stored_d
 }  // namespace
 
 void read_into(const Communicator& comm, const std::string& path, const std::string& group, StateDict& target,
-               bool verify, int64_t max_bytes_per_call) {
+               bool verify, int64_t max_bytes_per_call, bool direct_io) {
   h5::LibraryLock lock(h5::library_mutex());
   std::vector<KeyView> views = target_views(target);
   Plan plan = exchange_plan(comm, views, PlanUse::kLoad);
@@ -330,6 +333,7 @@ void read_into(const Communicator& comm, const std::string& path, const std::str
 
   std::vector<uint64_t> partial_sums(plan.keys.size(), 0);
   std::exception_ptr local_failure;
+  std::unique_ptr<DirectFile> direct_file;
   bool warned_partial = false;
   for (size_t k = 0; k < plan.keys.size(); ++k) {
     const PlannedKey& planned = plan.keys[k];
@@ -338,18 +342,54 @@ void read_into(const Communicator& comm, const std::string& path, const std::str
     int64_t max_elements = std::max<int64_t>(1, max_bytes_per_call / element_size);
     std::vector<ReadBuffer> buffers = make_buffers(target.at(planned.key), stored.dtype);
 
-    size_t rounds = 0;
-    std::vector<Transfer> mine;
-    for (int r = 0; r < comm.size(); ++r) {
-      std::vector<Transfer> transfers = transfers_for(plan, k, r, PlanUse::kLoad, max_elements);
-      rounds = std::max(rounds, transfers.size());
-      if (r == comm.rank()) mine = std::move(transfers);
-    }
-
     std::string subject = path + " dataset '" + planned.key + "'";
     h5::Handle dataset = h5::dataset_handle(
         h5::check_id(H5Dopen2(file.get(), stored.dataset.c_str(), H5P_DEFAULT), "H5Dopen2", subject));
     h5::Handle type = hdf5_type(stored.dtype);
+
+    // Large contiguous pieces are read here with O_DIRECT. The rest go through
+    // collective H5Dread rounds, which every rank joins the same number of
+    // times, since the choice depends only on the plan and the file.
+    std::optional<uint64_t> offset;
+    auto dataset_bytes = static_cast<uint64_t>(element_count(planned.shape) * element_size);
+    if (direct_io && !planned.shape.empty() && dataset_bytes >= kSmallestDirectDataset) {
+      haddr_t address = H5Dget_offset(dataset.get());
+      if (address != HADDR_UNDEF) offset = static_cast<uint64_t>(address);
+    }
+    size_t rounds = 0;
+    std::vector<Transfer> mine;
+    std::vector<std::pair<Transfer, std::vector<std::pair<int64_t, int64_t>>>> direct;
+    for (int r = 0; r < comm.size(); ++r) {
+      size_t through_hdf5 = 0;
+      for (Transfer& transfer : transfers_for(plan, k, r, PlanUse::kLoad, max_elements)) {
+        std::vector<std::pair<int64_t, int64_t>> runs;
+        if (offset) runs = transfer_runs(planned.shape, transfer);
+        bool directly = offset && worth_moving_directly(runs, transfer.count, element_size);
+        if (!directly) ++through_hdf5;
+        if (r != comm.rank()) continue;
+        if (directly) {
+          direct.emplace_back(std::move(transfer), std::move(runs));
+        } else {
+          mine.push_back(std::move(transfer));
+        }
+      }
+      rounds = std::max(rounds, through_hdf5);
+    }
+    for (const auto& [piece, runs] : direct) {
+      if (local_failure) break;
+      try {
+        if (!direct_file) direct_file = std::make_unique<DirectFile>(path, DirectFile::Mode::kRead);
+        char* destination =
+            static_cast<char*>(buffers[piece.piece].buffer.data_ptr()) + piece.data_offset * element_size;
+        for (const auto& [flat_begin, count] : runs) {
+          direct_file->read(*offset + static_cast<uint64_t>(flat_begin * element_size), destination,
+                            static_cast<uint64_t>(count * element_size));
+          destination += count * element_size;
+        }
+      } catch (...) {
+        local_failure = std::current_exception();
+      }
+    }
     for (size_t round = 0; round < rounds; ++round) {
       const Transfer* piece = round < mine.size() ? &mine[round] : nullptr;
       h5::Handle file_space = h5::space_handle(h5::check_id(H5Dget_space(dataset.get()), "H5Dget_space", subject));
@@ -418,6 +458,7 @@ void read_into(const Communicator& comm, const std::string& path, const std::str
       if (!buffer.buffer.is_same(buffer.target)) buffer.target.copy_(buffer.buffer.view(buffer.target.sizes()));
     }
   }
+  direct_file.reset();
   transfer.reset();
   file.reset();
   agree(comm, local_failure);

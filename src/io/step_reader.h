@@ -56,7 +56,9 @@ TensorDict read_tensors(const std::string& path, const std::string& group, bool 
 void verify_step(const Communicator& comm, const std::string& path);
 
 // Collective over comm. Fills target in place; see PersistedStates::load_into.
+// With direct_io, each rank reads its contiguous pieces of datasets of at
+// least 1 MiB itself with O_DIRECT (DirectFile) instead of through HDF5.
 void read_into(const Communicator& comm, const std::string& path, const std::string& group, StateDict& target,
-               bool verify, int64_t max_bytes_per_call);
+               bool verify, int64_t max_bytes_per_call, bool direct_io = true);
 
 }  // namespace persistence::detail

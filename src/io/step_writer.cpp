@@ -35,10 +35,6 @@ std::atomic<int64_t> g_collective_transfers{0};
 std::atomic<int64_t> g_independent_transfers{0};
 std::atomic<int64_t> g_direct_transfers{0};
 
-// Transfers whose file runs average less than this go through HDF5: many small
-// direct writes cost more than one collective transfer.
-constexpr int64_t kSmallestDirectRunBytes = int64_t{64} << 10;
-
 std::string iso8601_now() {
   std::time_t now = std::time(nullptr);
   std::tm utc{};
@@ -153,33 +149,6 @@ void count_transfer_mode(hid_t dxpl) {
   } else {
     ++g_collective_transfers;
   }
-}
-
-// The contiguous runs of a transfer in the dataset, as (first element,
-// element count) pairs in the order of its data.
-std::vector<std::pair<int64_t, int64_t>> transfer_runs(const Shape& shape, const Transfer& transfer) {
-  std::vector<std::pair<int64_t, int64_t>> runs;
-  if (shape.empty()) {
-    if (transfer.count > 0) runs.emplace_back(0, transfer.count);  // a 0-d dataset holds one element
-    return runs;
-  }
-  for (const Box& box : transfer.boxes) {
-    for_each_run(shape, Region(box), [&](int64_t flat_begin, int64_t count) {
-      if (!runs.empty() && runs.back().first + runs.back().second == flat_begin) {
-        runs.back().second += count;
-      } else {
-        runs.emplace_back(flat_begin, count);
-      }
-    });
-  }
-  return runs;
-}
-
-// Whether a rank writes a transfer with these runs itself rather than through HDF5.
-bool worth_writing_directly(const std::vector<std::pair<int64_t, int64_t>>& runs, const Transfer& transfer,
-                            int64_t element_size) {
-  return !runs.empty() &&
-         transfer.count * element_size / static_cast<int64_t>(runs.size()) >= kSmallestDirectRunBytes;
 }
 
 // A transfer with its contiguous runs in the dataset.
@@ -424,7 +393,7 @@ class StepWriter {
         for (Transfer& transfer : transfers) {
           std::vector<std::pair<int64_t, int64_t>> runs;
           if (offset || r == comm_.rank()) runs = transfer_runs(planned.shape, transfer);
-          bool directly = offset && worth_writing_directly(runs, transfer, element_size);
+          bool directly = offset && worth_moving_directly(runs, transfer.count, element_size);
           if (!directly) ++through_hdf5;
           if (r == comm_.rank()) {
             (directly ? direct : mine).push_back(PlannedTransfer{transfer, std::move(runs)});

@@ -212,4 +212,22 @@ std::vector<Transfer> split_into_transfers(const Shape& shape, const Region& reg
   return transfers;
 }
 
+std::vector<std::pair<int64_t, int64_t>> transfer_runs(const Shape& shape, const Transfer& transfer) {
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  if (shape.empty()) {
+    if (transfer.count > 0) runs.emplace_back(0, transfer.count);
+    return runs;
+  }
+  for (const Box& box : transfer.boxes) {
+    for_each_run(shape, Region(box), [&](int64_t flat_begin, int64_t count) {
+      if (!runs.empty() && runs.back().first + runs.back().second == flat_begin) {
+        runs.back().second += count;
+      } else {
+        runs.emplace_back(flat_begin, count);
+      }
+    });
+  }
+  return runs;
+}
+
 }  // namespace persistence::detail

@@ -9,6 +9,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -46,6 +47,11 @@ struct Transfer {
   int64_t data_offset = 0;
   int64_t count = 0;
 };
+
+// The contiguous runs of a transfer in the row-major global tensor, as (first
+// element, element count) pairs in the order of its data. A 0-d tensor gives
+// (0, 1).
+std::vector<std::pair<int64_t, int64_t>> transfer_runs(const Shape& shape, const Transfer& transfer);
 
 // Splits a region into transfers of at most max_elements elements each (one
 // transfer when it fits). Empty regions give no transfer.
