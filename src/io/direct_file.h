@@ -39,6 +39,10 @@ inline bool worth_moving_directly(const std::vector<std::pair<int64_t, int64_t>>
 //
 // Where the file system refuses O_DIRECT (tmpfs), every byte uses the page
 // cache. Different objects may be used from different threads.
+//
+// NOTE: ranks whose ranges meet inside a page both write that page through
+// the page cache. Tested on one node only; across nodes this relies on the
+// file system writing back only the bytes each client wrote.
 class DirectFile {
  public:
   enum class Mode { kRead, kWrite };
