@@ -1,6 +1,6 @@
 // Moves large byte ranges between memory and a file with O_DIRECT, so that
 // tensor data skips the page cache. On this kind of virtual machine a write
-// into new page-cache pages can run ten times slower than the disk (see
+// into new page-cache pages can run eight times slower than the disk (see
 // docs/design.md, "Direct transfers"), and a checkpoint is read once, so
 // caching it buys nothing.
 #pragma once
