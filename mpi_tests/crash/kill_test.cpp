@@ -3,7 +3,8 @@
 // RandomKillLeavesNewestCompletedSave kills a random rank of a save job at a
 // random moment. It waits for a random occurrence of a random save phase in the
 // job's phase trace, then for a random delay shorter than that occurrence took
-// in an uninterrupted run (at most kMaxDelayMicroseconds), and kills.
+// in an uninterrupted run (at most kMaxDelayMicroseconds), and kills. A phase
+// that no random kill hit gets one job whose rank stops itself in it.
 // RetentionKeepsNewestCommittedStep stops a rank at every trace point of a
 // save whose commit removes old steps, the removals included: the library's
 // PERSISTENCE_TRACE_KILL hook makes the rank send itself SIGKILL there. Each
@@ -57,8 +58,6 @@ using std::chrono::milliseconds;
 int g_ranks = 2;
 
 constexpr int kRandomKills = 50;
-// Extra kills per phase that the random kills missed.
-constexpr int kExtraKillsPerPhase = 3;
 constexpr int kRandomSteps = 2;
 constexpr uint64_t kDefaultSeed = 20261204;
 constexpr int kMaxDelayMicroseconds = 20000;
@@ -397,18 +396,35 @@ TEST_F(CrashTest, RandomKillLeavesNewestCompletedSave) {
   }
   ASSERT_EQ(kills, kRandomKills) << "only " << kills << " of " << attempts << " jobs were killed before they ended";
 
-  // Timing decides which phase a delayed kill lands in, so a short phase can
-  // go without a hit. Extra kills at the first moment of such a phase fill the gap.
+  // Timing decides which phase a delayed kill lands in, so a short phase (the
+  // plan of a save whose plan is cached takes about a millisecond) can go
+  // without a hit. For each such phase one more job stops a rank right after
+  // it traces that phase (PERSISTENCE_TRACE_KILL), at a line drawn from the
+  // uninterrupted run; every rank traces the same lines in every run.
+  std::map<std::string, std::vector<std::pair<int, int>>> phase_lines;  // phase: (rank, line of that rank)
+  std::map<int, int> lines_of_rank;
+  for (const TraceLine& line : read_trace(calibration + "/trace")) {
+    phase_lines[line.phase].emplace_back(line.rank, ++lines_of_rank[line.rank]);
+  }
   for (const std::string& phase : kRequiredPhases) {
-    for (int extra = 0; hits[phase] == 0 && extra < kExtraKillsPerPhase; ++extra) {
-      KillPlan plan;
-      plan.phase = phase;
-      plan.occurrence = 1 + static_cast<int>(generator() % durations[phase].size());
-      plan.delay_us = 0;
-      plan.rank = static_cast<int>(generator() % static_cast<uint64_t>(g_ranks));
-      std::cout << "no kill hit '" << phase << "' yet; an extra kill at its start\n";
-      if (!kill_and_count(plan)) return;
-    }
+    if (hits[phase] > 0) continue;
+    const std::vector<std::pair<int, int>>& candidates = phase_lines[phase];
+    ASSERT_FALSE(candidates.empty()) << "the uninterrupted save traced no '" << phase << "' phase";
+    const auto [rank, line] = candidates[generator() % candidates.size()];
+    const std::string label = "kill" + std::to_string(attempts++);
+    const std::string dir = make_run(label);
+    std::cout << "no kill hit '" << phase << "'; " << label << " stops rank " << rank << " after its trace line "
+              << line << "\n";
+    const int status =
+        run_job(saver_command({"save", dir + "/root", dir + "/markers", std::to_string(kRandomSteps)}),
+                dir + "/save.log", dir + "/markers",
+                {{"PERSISTENCE_TRACE_PHASES", dir + "/trace"},
+                 {"PERSISTENCE_TRACE_KILL", std::to_string(rank) + ":" + std::to_string(line)}});
+    expect_no_orphans(dir + "/markers", label);
+    EXPECT_NE(status, 0) << label << ": rank " << rank << " was to stop during " << phase
+                         << ", but the job exited with 0";
+    ++hits[phase];
+    dirs.push_back(dir);
   }
 
   std::cout << "kills per phase at " << g_ranks << " ranks:";
