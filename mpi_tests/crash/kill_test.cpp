@@ -399,8 +399,8 @@ TEST_F(CrashTest, RandomKillLeavesNewestCompletedSave) {
   // Timing decides which phase a delayed kill lands in, so a short phase (the
   // plan of a save whose plan is cached takes about a millisecond) can go
   // without a hit. For each such phase one more job stops a rank right after
-  // it traces that phase (PERSISTENCE_TRACE_KILL), at a line drawn from the
-  // uninterrupted run; every rank traces the same lines in every run.
+  // it traces that phase (PERSISTENCE_TRACE_KILL). The line is drawn from the
+  // uninterrupted run, since every rank traces the same lines in every run.
   std::map<std::string, std::vector<std::pair<int, int>>> phase_lines;  // phase: (rank, line of that rank)
   std::map<int, int> lines_of_rank;
   for (const TraceLine& line : read_trace(calibration + "/trace")) {
