@@ -246,8 +246,8 @@ TEST_F(RoundTrip, AsyncSaveOfLargeFullTensors) {
   }
 }
 
-// The second save copies the step file, 40 MB here, in more than one chunk of
-// the direct copy; every tensor has a size that is not a multiple of 4 KiB.
+// The second save copies the 40 MB step file in more than one chunk of the
+// direct copy. No tensor size is a multiple of 4 KiB.
 TEST_F(RoundTrip, BlockingSavesOfLargeTensorsExtendTheStep) {
   StateDict first;
   first["big"] = deterministic_tensor({5003, 2001}, at::kFloat, 6.0);

@@ -396,9 +396,9 @@ TEST_F(CrashTest, RandomKillLeavesNewestCompletedSave) {
   }
   ASSERT_EQ(kills, kRandomKills) << "only " << kills << " of " << attempts << " jobs were killed before they ended";
 
-  // Timing decides which phase a delayed kill lands in, so a short phase (the
-  // plan of a save whose plan is cached takes about a millisecond) can go
-  // without a hit. For each such phase one more job stops a rank right after
+  // Timing decides which phase a delayed kill lands in, so a short phase can
+  // go without a hit. The plan of a save whose plan is cached takes about a
+  // millisecond. For each such phase one more job stops a rank right after
   // it traces that phase (PERSISTENCE_TRACE_KILL). The line is drawn from the
   // uninterrupted run, since every rank traces the same lines in every run.
   std::map<std::string, std::vector<std::pair<int, int>>> phase_lines;  // phase: (rank, line of that rank)

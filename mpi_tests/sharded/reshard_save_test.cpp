@@ -143,47 +143,45 @@ TEST(ReshardSave, ShardedWritesAreCollective) {
                                                  << ": the sharded save made no collective transfer";
 }
 
+// Saves the resharding states into a new directory and returns how many
+// transfers of each kind this process made for it.
+detail::TransferModeCounts transfers_of_save(const std::string& name, bool direct_io) {
+  SharedTempDir dir(name);
+  const detail::TransferModeCounts before = detail::transfer_mode_counts();
+  EXPECT_NO_THROW(save(dir.join("checkpoints"), dir.join("registry"), reshard_states(world_size(), world_rank()),
+                       direct_io))
+      << where(kReshardStep);
+  const detail::TransferModeCounts after = detail::transfer_mode_counts();
+  return {after.collective - before.collective, after.independent - before.independent,
+          after.direct - before.direct};
+}
+
 // large_rows gives every rank at every world size a contiguous piece of more
 // than 64 KiB in a dataset of over 1 MiB, which the rank writes itself.
 TEST(ReshardSave, LargeContiguousPiecesAreWrittenDirectly) {
-  SharedTempDir dir("direct");
-  const detail::TransferModeCounts before = detail::transfer_mode_counts();
-  ASSERT_NO_THROW(save(dir.join("checkpoints"), dir.join("registry"), reshard_states(world_size(), world_rank())))
-      << where(kReshardStep);
-  const detail::TransferModeCounts after = detail::transfer_mode_counts();
+  const detail::TransferModeCounts made = transfers_of_save("direct", true);
 
-  EXPECT_GT(after.direct, before.direct) << where(kReshardStep) << ": no piece was written directly";
-  EXPECT_EQ(after.independent, before.independent)
-      << where(kReshardStep) << ": " << after.independent - before.independent
-      << " HDF5 transfers of this process were independent";
+  EXPECT_GT(made.direct, 0) << where(kReshardStep) << ": no piece was written directly";
+  EXPECT_EQ(made.independent, 0) << where(kReshardStep) << ": " << made.independent
+                                 << " HDF5 transfers of this process were independent";
 }
 
-TEST(ReshardSave, DirectIoOffSendsEveryPieceThroughHdf5) {
-  SharedTempDir dir("through_hdf5");
-  const detail::TransferModeCounts before = detail::transfer_mode_counts();
-  ASSERT_NO_THROW(save(dir.join("checkpoints"), dir.join("registry"), reshard_states(world_size(), world_rank()),
-                       false))
-      << where(kReshardStep);
-  const detail::TransferModeCounts after = detail::transfer_mode_counts();
+TEST(ReshardSave, DirectIoOffUsesHdf5Only) {
+  const detail::TransferModeCounts made = transfers_of_save("through_hdf5", false);
 
-  EXPECT_EQ(after.direct, before.direct) << where(kReshardStep) << ": " << after.direct - before.direct
-                                         << " pieces were written directly with direct_io off";
-  EXPECT_EQ(after.independent, before.independent)
-      << where(kReshardStep) << ": " << after.independent - before.independent
-      << " HDF5 transfers of this process were independent";
+  EXPECT_EQ(made.direct, 0) << where(kReshardStep) << ": " << made.direct
+                            << " pieces were written directly with direct_io off";
+  EXPECT_EQ(made.independent, 0) << where(kReshardStep) << ": " << made.independent
+                                 << " HDF5 transfers of this process were independent";
 }
 
 TEST(ReshardSave, DirectIoVariableTurnsItOff) {
-  SharedTempDir dir("direct_variable");
   ::setenv("PERSISTENCE_DIRECT_IO", "0", 1);
-  const detail::TransferModeCounts before = detail::transfer_mode_counts();
-  EXPECT_NO_THROW(save(dir.join("checkpoints"), dir.join("registry"), reshard_states(world_size(), world_rank())))
-      << where(kReshardStep);
-  const detail::TransferModeCounts after = detail::transfer_mode_counts();
+  const detail::TransferModeCounts made = transfers_of_save("direct_variable", true);
   ::unsetenv("PERSISTENCE_DIRECT_IO");
 
-  EXPECT_EQ(after.direct, before.direct) << where(kReshardStep) << ": " << after.direct - before.direct
-                                         << " pieces were written directly with PERSISTENCE_DIRECT_IO=0";
+  EXPECT_EQ(made.direct, 0) << where(kReshardStep) << ": " << made.direct
+                            << " pieces were written directly with PERSISTENCE_DIRECT_IO=0";
 }
 
 }  // namespace

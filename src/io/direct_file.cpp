@@ -28,8 +28,8 @@ bool aligned(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) 
   throw IoError(problem + ": " + std::strerror(error), ErrorContext{path, {}, std::nullopt, std::nullopt});
 }
 
-// The error O_DIRECT gives for a transfer the file system cannot do directly.
-struct DirectRefused {};
+// Thrown when a file system accepts O_DIRECT at open but fails a transfer with EINVAL.
+struct DirectUnsupported {};
 
 // Moves bytes at offset with pread or pwrite, resuming after short calls.
 void move_all(int fd, DirectFile::Mode mode, uint64_t offset, char* data, uint64_t bytes, const std::string& path,
@@ -40,7 +40,7 @@ void move_all(int fd, DirectFile::Mode mode, uint64_t offset, char* data, uint64
                                                      : ::pread(fd, data, request, static_cast<off_t>(offset));
     if (moved < 0) {
       if (errno == EINTR) continue;
-      if (direct && errno == EINVAL) throw DirectRefused{};
+      if (direct && errno == EINVAL) throw DirectUnsupported{};
       fail(mode == DirectFile::Mode::kWrite ? "Cannot write the step file" : "Cannot read the step file", path,
            errno);
     }
@@ -104,34 +104,31 @@ DirectFile::DirectFile(const std::string& path, Mode mode)
 
 void DirectFile::write(uint64_t offset, const void* data, uint64_t bytes, const Visitor& visit) {
   // The caller's bytes are only read; the shared code path takes a mutable pointer.
-  char* bytes_pointer = const_cast<char*>(static_cast<const char*>(data));
-  uint64_t middle_begin = round_up(offset);
-  uint64_t middle_end = round_down(offset + bytes);
-  if (!direct() || middle_end <= middle_begin) {
-    transfer_plain(offset, bytes_pointer, bytes);
-    if (visit) visit(bytes_pointer, 0, bytes);
-    return;
-  }
-  uint64_t head = middle_begin - offset;
-  uint64_t tail_index = middle_end - offset;
-  transfer_plain(offset, bytes_pointer, head);
-  if (visit && head > 0) visit(bytes_pointer, 0, head);
-  transfer_direct(middle_begin, bytes_pointer + head, middle_end - middle_begin, visit, head);
-  transfer_plain(middle_end, bytes_pointer + tail_index, bytes - tail_index);
-  if (visit && bytes > tail_index) visit(bytes_pointer + tail_index, tail_index, bytes - tail_index);
+  transfer(offset, const_cast<char*>(static_cast<const char*>(data)), bytes, visit);
 }
 
 void DirectFile::read(uint64_t offset, void* data, uint64_t bytes) {
-  char* bytes_pointer = static_cast<char*>(data);
+  transfer(offset, static_cast<char*>(data), bytes, {});
+}
+
+void DirectFile::transfer(uint64_t offset, char* data, uint64_t bytes, const Visitor& visit) {
   uint64_t middle_begin = round_up(offset);
   uint64_t middle_end = round_down(offset + bytes);
   if (!direct() || middle_end <= middle_begin) {
-    transfer_plain(offset, bytes_pointer, bytes);
+    transfer_plain(offset, data, bytes);
+    if (visit) visit(data, 0, bytes);
     return;
   }
-  transfer_plain(offset, bytes_pointer, middle_begin - offset);
-  transfer_direct(middle_begin, bytes_pointer + (middle_begin - offset), middle_end - middle_begin, {}, 0);
-  transfer_plain(middle_end, bytes_pointer + (middle_end - offset), offset + bytes - middle_end);
+
+  uint64_t head = middle_begin - offset;
+  transfer_plain(offset, data, head);
+  if (visit && head > 0) visit(data, 0, head);
+
+  transfer_direct(middle_begin, data + head, middle_end - middle_begin, visit, head);
+
+  uint64_t tail_index = middle_end - offset;
+  transfer_plain(middle_end, data + tail_index, bytes - tail_index);
+  if (visit && bytes > tail_index) visit(data + tail_index, tail_index, bytes - tail_index);
 }
 
 void DirectFile::sync() {
@@ -171,7 +168,7 @@ void DirectFile::transfer_direct(uint64_t offset, char* data, uint64_t bytes, co
         std::memcpy(data + begin, buffer.chunk, length);
       }
     }
-  } catch (const DirectRefused&) {
+  } catch (const DirectUnsupported&) {
     // The file system takes O_DIRECT at open but not for this transfer; the
     // page cache moves the whole range again, which is idempotent.
     transfer_plain(offset, data, bytes);

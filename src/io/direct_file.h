@@ -50,9 +50,9 @@ class DirectFile {
   // Throws IoError when path cannot be opened.
   DirectFile(const std::string& path, Mode mode);
 
-  // Sees every byte of a write once, in pieces: data holds the bytes
-  // [index, index + length) of the range. A piece that went through the bounce
-  // buffer is shown there, while it is still in the processor cache.
+  // Callback that receives every byte of a write once, in pieces. data contains
+  // bytes [index, index + length) of the range. Bytes copied to the bounce
+  // buffer are passed from there, while they are still in the processor cache.
   using Visitor = std::function<void(const char* data, uint64_t index, uint64_t length)>;
 
   // Writes bytes at offset, showing them to visit when it is set. Throws
@@ -69,6 +69,8 @@ class DirectFile {
   bool direct() const { return direct_.get() >= 0; }
 
  private:
+  // Splits a range into unaligned ends and an aligned middle and moves each part.
+  void transfer(uint64_t offset, char* data, uint64_t bytes, const Visitor& visit);
   void transfer_plain(uint64_t offset, char* data, uint64_t bytes);
   // Moves an aligned range; visit gets indexes from first_index on.
   void transfer_direct(uint64_t offset, char* data, uint64_t bytes, const Visitor& visit, uint64_t first_index);

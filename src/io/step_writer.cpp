@@ -369,11 +369,11 @@ class StepWriter {
     return static_cast<uint64_t>(offset);
   }
 
-  // Each rank writes its contiguous pieces of large datasets itself (see
-  // DirectFile) and the rest through collective HDF5 calls. Every rank makes
-  // the same number of collective calls per key; ranks with fewer such
-  // transfers join the extra rounds with an empty selection. A failed direct
-  // write is rethrown after the collective calls, so no rank is left waiting.
+  // Writes each rank's pieces: contiguous pieces of large datasets with
+  // DirectFile, the rest with collective HDF5 calls. Every rank makes the same
+  // number of collective calls per key, joining extra rounds with an empty
+  // selection. A failed direct write is rethrown after those calls, so no
+  // rank is left waiting.
   void write_data() {
     std::unique_ptr<DirectFile> direct_file;
     std::exception_ptr direct_error;
