@@ -140,11 +140,11 @@ TEST(ReshardSave, ShardedWritesAreCollective) {
       << where(kReshardStep) << ": " << after.independent - before.independent
       << " HDF5 transfers of this process were independent";
   EXPECT_GT(after.collective, before.collective) << where(kReshardStep)
-                                                 << ": the sharded save made no collective transfer";
+                                                 << ": the sharded save counts no collective transfer";
 }
 
 // Saves the resharding states into a new directory and returns how many
-// transfers of each kind this process made for it.
+// transfers of each kind this process counts for it.
 detail::TransferModeCounts transfers_of_save(const std::string& name, bool direct_io) {
   SharedTempDir dir(name);
   const detail::TransferModeCounts before = detail::transfer_mode_counts();
@@ -159,28 +159,28 @@ detail::TransferModeCounts transfers_of_save(const std::string& name, bool direc
 // large_rows gives every rank at every world size a contiguous piece of more
 // than 64 KiB in a dataset of over 1 MiB, which the rank writes itself.
 TEST(ReshardSave, LargeContiguousPiecesAreWrittenDirectly) {
-  const detail::TransferModeCounts made = transfers_of_save("direct", true);
+  const detail::TransferModeCounts counts = transfers_of_save("direct", true);
 
-  EXPECT_GT(made.direct, 0) << where(kReshardStep) << ": no piece was written directly";
-  EXPECT_EQ(made.independent, 0) << where(kReshardStep) << ": " << made.independent
+  EXPECT_GT(counts.direct, 0) << where(kReshardStep) << ": no piece was written directly";
+  EXPECT_EQ(counts.independent, 0) << where(kReshardStep) << ": " << counts.independent
                                  << " HDF5 transfers of this process were independent";
 }
 
 TEST(ReshardSave, DirectIoOffUsesHdf5Only) {
-  const detail::TransferModeCounts made = transfers_of_save("through_hdf5", false);
+  const detail::TransferModeCounts counts = transfers_of_save("through_hdf5", false);
 
-  EXPECT_EQ(made.direct, 0) << where(kReshardStep) << ": " << made.direct
+  EXPECT_EQ(counts.direct, 0) << where(kReshardStep) << ": " << counts.direct
                             << " pieces were written directly with direct_io off";
-  EXPECT_EQ(made.independent, 0) << where(kReshardStep) << ": " << made.independent
+  EXPECT_EQ(counts.independent, 0) << where(kReshardStep) << ": " << counts.independent
                                  << " HDF5 transfers of this process were independent";
 }
 
 TEST(ReshardSave, DirectIoVariableTurnsItOff) {
   ::setenv("PERSISTENCE_DIRECT_IO", "0", 1);
-  const detail::TransferModeCounts made = transfers_of_save("direct_variable", true);
+  const detail::TransferModeCounts counts = transfers_of_save("direct_variable", true);
   ::unsetenv("PERSISTENCE_DIRECT_IO");
 
-  EXPECT_EQ(made.direct, 0) << where(kReshardStep) << ": " << made.direct
+  EXPECT_EQ(counts.direct, 0) << where(kReshardStep) << ": " << counts.direct
                             << " pieces were written directly with PERSISTENCE_DIRECT_IO=0";
 }
 
